@@ -1,0 +1,154 @@
+"""``BaseBackend``: the class every execution backend subclasses.
+
+A backend turns tasks into work on an engine and tells its session, in batches, when tasks end.
+The life cycle is: ``__init__`` (store options, start nothing) -> ``await backend`` (runs
+``_initialize`` once) -> ``submit_tasks`` / ``cancel_task`` any number of times -> ``close()``
+(runs ``_shutdown`` once).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import threading
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, ClassVar
+
+from .task import Task
+
+Update = tuple[Task, str]
+"""One state change: the task (its result fields already filled) and its new state."""
+
+Receiver = Callable[[list[Update]], None]
+
+
+class BaseBackend(abc.ABC):
+    """Abstract execution backend.
+
+    Subclasses set the class attributes ``name`` (unique among installed backends) and
+    ``task_kinds`` (the subset of ``{"function", "executable", "ai"}`` they can run; a session
+    refuses other kinds at submit), call ``super().__init__()``, and implement
+    :meth:`submit_tasks` and :meth:`cancel_task`, plus :meth:`_initialize` and
+    :meth:`_shutdown` when they start or own anything.
+
+    When tasks end, a backend fills their result fields — ``return_value``; ``exception`` for a
+    function that raised (the original exception object); ``stdout``, ``stderr`` (str) and
+    ``exit_code`` for executables — and passes them to :meth:`report` with their new state.
+    """
+
+    name: ClassVar[str]
+    task_kinds: ClassVar[frozenset[str]] = frozenset({"function", "executable"})
+
+    def __init__(self) -> None:
+        self._receiver: Receiver | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._pending: list[Update] = []
+        self._pending_lock = threading.Lock()
+        self._initialized = False
+        self._closed = False
+
+    # -- to implement ------------------------------------------------------------------------
+
+    @classmethod
+    def check_available(cls) -> None:  # noqa: B027 - optional override
+        """Raise why this backend cannot run here (e.g. the engine's own ``ImportError``).
+
+        The default says the backend can always run. ``rhapsody.discover_backends()`` and
+        ``rhapsody backends`` show what this raises.
+        """
+
+    async def _initialize(self) -> None:  # noqa: B027 - optional override
+        """Start or connect to the engine. Called once, from ``await backend``."""
+
+    @abc.abstractmethod
+    async def submit_tasks(self, tasks: Sequence[Task]) -> None:
+        """Hand ``tasks`` to the engine and return without waiting for them to run.
+
+        Raises:
+            ValueError, TypeError: a task carries options this backend cannot honour (the
+                message names the offending key). Raise before handing any task over: the
+                session then submits none of the call's tasks to this backend.
+        """
+
+    @abc.abstractmethod
+    async def cancel_task(self, task: Task) -> bool:
+        """Stop ``task`` if it has not ended; return ``True`` when it will end ``CANCELED``.
+
+        A queued task must then never start; a running executable's process group is killed.
+        Return ``False`` when the task can no longer be stopped (it will end normally).
+        The backend reports the ``CANCELED`` state through :meth:`report`.
+        """
+
+    async def _shutdown(self) -> None:  # noqa: B027 - optional override
+        """Release everything the backend started (never what it was given). Bounded in time."""
+
+    # -- provided ----------------------------------------------------------------------------
+
+    @property
+    def initialized(self) -> bool:
+        """Whether ``_initialize`` has completed."""
+        return self._initialized
+
+    def __await__(self) -> Generator[Any, None, BaseBackend]:
+        return self._ensure_initialized().__await__()
+
+    async def _ensure_initialized(self) -> BaseBackend:
+        if self._closed:
+            raise RuntimeError(f"backend {self.name!r} has been closed")
+        if not self._initialized:
+            await self._initialize()
+            self._initialized = True
+        return self
+
+    async def close(self) -> None:
+        """Shut the backend down; later calls return at once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._initialized:
+            await self._shutdown()
+
+    def bind(self, receiver: Receiver, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach the backend to a session: ``receiver`` gets every reported batch on ``loop``."""
+        if self._receiver is not None and self._receiver is not receiver:
+            raise RuntimeError(f"backend {self.name!r} already belongs to another session")
+        self._receiver = receiver
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+
+    def report(self, updates: Sequence[Update]) -> None:
+        """Tell the session that tasks changed state. Safe to call from any thread.
+
+        Called on the session's loop thread, the batch is applied at once. From any other thread
+        the batch is queued and the loop is woken once, however many batches arrive before it
+        runs: engines that complete tasks from their own threads pay one cross-thread wake-up per
+        sweep, not per task.
+        """
+        receiver = self._receiver
+        if receiver is None:
+            raise RuntimeError(f"backend {self.name!r} is not attached to a session")
+        if threading.get_ident() == self._loop_thread:
+            receiver(updates if isinstance(updates, list) else list(updates))
+            return
+        with self._pending_lock:
+            wake = not self._pending
+            self._pending.extend(updates)
+        if wake:
+            loop = self._loop
+            assert loop is not None
+            try:
+                loop.call_soon_threadsafe(self._flush_pending)
+            except RuntimeError:
+                # The loop has closed: the session already ended every task it held.
+                pass
+
+    def _flush_pending(self) -> None:
+        with self._pending_lock:
+            updates, self._pending = self._pending, []
+        if updates and self._receiver is not None:
+            self._receiver(updates)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "ready" if self._initialized else "new"
+        return f"<{type(self).__name__} name={self.name!r} {state}>"

@@ -1,0 +1,217 @@
+"""Finding plugins and the backends they provide.
+
+Built-in plugins are registered exactly like installed ones, through the hooks in
+:mod:`rhapsody.hookspecs`. Installed plugins come from the ``rhapsody`` entry-point group.
+
+The environment variable ``RHAPSODY_LOAD_PLUGINS`` chooses which installed plugins load: unset
+loads all of them, an empty string loads none (test suites use this so that whatever happens to
+be installed cannot leak into a test run), and a comma-separated list of entry-point names loads
+only those.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .backend import BaseBackend
+from .errors import BackendUnavailableError
+
+BUILTIN_PLUGINS = ("rhapsody.builtin.concurrent", "rhapsody.builtin.noop")
+
+pm = pluggy.PluginManager("rhapsody")
+pm.add_hookspecs(hookspecs)
+
+_load_lock = threading.Lock()
+_loaded = False
+_load_failures: dict[str, tuple[str | None, str | None, str]] = {}
+_plugin_dists: dict[str, tuple[str | None, str | None]] = {}
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What is known about one backend name: where it comes from and whether it can run here."""
+
+    name: str
+    backend_class: type[BaseBackend] | None
+    distribution: str | None
+    version: str | None
+    available: bool
+    reason: str | None = None
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def load_plugins() -> None:
+    """Register the built-in plugins and the selected installed ones (once per process).
+
+    Raises:
+        pluggy.PluginValidationError: a plugin implements a hook that does not exist (a misspelt
+            name) or implements one with the wrong arguments.
+    """
+    global _loaded
+    with _load_lock:
+        if _loaded:
+            return
+        core = importlib.metadata.version("rhapsody-core") if _has_dist("rhapsody-core") else None
+        for module_name in BUILTIN_PLUGINS:
+            pm.register(importlib.import_module(module_name), name=module_name)
+            _plugin_dists[module_name] = ("rhapsody-core", core)
+        selection = os.environ.get("RHAPSODY_LOAD_PLUGINS")
+        wanted = None if selection is None else {n.strip() for n in selection.split(",") if n.strip()}
+        for entry_point in importlib.metadata.entry_points(group="rhapsody"):
+            if wanted is not None and entry_point.name not in wanted:
+                continue
+            if pm.has_plugin(entry_point.name):
+                continue
+            dist = getattr(entry_point, "dist", None)
+            origin = (dist.name, dist.version) if dist is not None else (None, None)
+            try:
+                plugin = entry_point.load()
+            except Exception as exc:  # a broken plugin must not take the others down
+                _load_failures[entry_point.name] = (*origin, _describe(exc))
+                continue
+            pm.register(plugin, name=entry_point.name)
+            _plugin_dists[entry_point.name] = origin
+        _loaded = True
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise pluggy.PluginValidationError(
+            exc.plugin,
+            f"{exc} (hooks that rhapsody defines: "
+            f"{', '.join(sorted(n for n in dir(hookspecs) if n.startswith('rhapsody_')))})",
+        ) from None
+
+
+def _has_dist(name: str) -> bool:
+    try:
+        importlib.metadata.distribution(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def register_plugin(plugin: Any, name: str | None = None) -> None:
+    """Register a plugin object at run time (a module or an instance with hook methods).
+
+    Raises:
+        pluggy.PluginValidationError: as for :func:`load_plugins`.
+        ValueError: a plugin of that name is already registered.
+    """
+    load_plugins()
+    pm.register(plugin, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError:
+        pm.unregister(plugin)
+        raise
+
+
+def unregister_plugin(plugin: Any) -> None:
+    """Remove a plugin registered with :func:`register_plugin`."""
+    pm.unregister(plugin)
+
+
+def _backend_classes() -> tuple[dict[str, BackendInfo], dict[str, str]]:
+    load_plugins()
+    found: dict[str, BackendInfo] = {}
+    conflicts: dict[str, str] = {}
+    for impl in pm.hook.rhapsody_register_backends.get_hookimpls():
+        dist, version = _plugin_dists.get(impl.plugin_name, (None, None))
+        try:
+            classes = list(impl.function())
+        except Exception as exc:
+            found.setdefault(impl.plugin_name, BackendInfo(
+                impl.plugin_name, None, dist, version, False,
+                f"plugin failed to list its backends: {_describe(exc)}"))
+            continue
+        for cls in classes:
+            name = getattr(cls, "name", None)
+            if not (isinstance(cls, type) and issubclass(cls, BaseBackend)) or not isinstance(name, str):
+                raise TypeError(
+                    f"plugin {impl.plugin_name!r} registered {cls!r}, which is not a BaseBackend "
+                    "subclass with a string class attribute 'name'"
+                )
+            if name in found and found[name].backend_class is not cls:
+                conflicts[name] = (
+                    f"two plugins register a backend named {name!r}: "
+                    f"{found[name].distribution or '?'} and {dist or impl.plugin_name}"
+                )
+                continue
+            found[name] = BackendInfo(name, cls, dist, version, True)
+    for ep_name, (dist, version, why) in _load_failures.items():
+        found.setdefault(ep_name, BackendInfo(ep_name, None, dist, version, False,
+                                              f"plugin failed to import: {why}"))
+    return found, conflicts
+
+
+def discover_backends() -> dict[str, BackendInfo]:
+    """Every backend name known here, with whether it can run on this machine and, if not, why.
+
+    Availability is real: each backend's ``check_available()`` runs (for an engine backend this
+    imports the engine), so a missing or broken engine shows its own error message.
+    """
+    found, conflicts = _backend_classes()
+    result: dict[str, BackendInfo] = {}
+    for name, info in sorted(found.items()):
+        if name in conflicts:
+            info = BackendInfo(name, None, info.distribution, info.version, False, conflicts[name])
+        elif info.backend_class is not None:
+            try:
+                info.backend_class.check_available()
+            except Exception as exc:
+                info = BackendInfo(name, info.backend_class, info.distribution, info.version,
+                                   False, _describe(exc))
+        result[name] = info
+    return result
+
+
+def get_backend(name: str, **options: Any) -> BaseBackend:
+    """Make a backend instance by name; ``await`` it (or give it to a Session) to start it.
+
+    Raises:
+        BackendUnavailableError: no installed backend has that name, or it cannot run here
+            (the message carries the engine's own reason).
+        TypeError: an option the backend does not take.
+    """
+    found, conflicts = _backend_classes()
+    info = found.get(name)
+    if info is None:
+        known = ", ".join(sorted(found)) or "none"
+        raise BackendUnavailableError(
+            f"no backend named {name!r} is installed (known: {known}); install its distribution, "
+            f"e.g. pip install rhapsody-{name}"
+        )
+    if name in conflicts:
+        raise BackendUnavailableError(conflicts[name])
+    if info.backend_class is None:
+        raise BackendUnavailableError(f"backend {name!r} cannot be used: {info.reason}")
+    try:
+        info.backend_class.check_available()
+    except Exception as exc:
+        raise BackendUnavailableError(f"backend {name!r} cannot run here: {_describe(exc)}") from exc
+    return info.backend_class(**options)
+
+
+def hook_if_implemented(name: str) -> Any:
+    """The hook caller for ``name``, or ``None`` when no plugin implements it (zero hot-path cost)."""
+    load_plugins()
+    caller = getattr(pm.hook, name)
+    return caller if caller.get_hookimpls() else None
+
+
+def backend_distributions() -> Mapping[str, tuple[str | None, str | None]]:
+    """Plugin name -> (distribution, version), for reports."""
+    load_plugins()
+    return dict(_plugin_dists)

@@ -1,0 +1,306 @@
+"""``Session``: submit tasks to backends, wait for them, cancel them.
+
+The session keeps exactly one thing per task, and only while the task runs: an entry in its
+in-flight table. The task itself holds its state, results and future; when a backend reports that
+a task ended, the session sets the state, resolves the future and forgets the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .backend import BaseBackend, Update
+from .errors import SessionClosedError, TaskExecutionError
+from .plugins import get_backend, hook_if_implemented
+from .states import TERMINAL_STATES, TaskState
+from .task import Task
+
+_DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
+
+
+class Session:
+    """Runs tasks on one or more backends.
+
+    Args:
+        backends: backend instances (initialised or not) or backend names. ``None`` uses the
+            built-in ``concurrent`` backend. A task runs on the backend its ``backend`` field
+            names, else on the first backend that runs its kind of task.
+        close_timeout: seconds each backend gets to shut down in :meth:`close`.
+
+    Use it as an async context manager (``async with Session() as session:``); it then starts
+    every backend on entry and closes them on exit. The session owns its backends: closing the
+    session closes them.
+
+    Raises:
+        ValueError: two backends share a name.
+    """
+
+    def __init__(
+        self,
+        backends: Sequence[BaseBackend | str] | None = None,
+        *,
+        close_timeout: float = 60.0,
+    ) -> None:
+        chosen = list(backends) if backends else ["concurrent"]
+        self._backends: dict[str, BaseBackend] = {}
+        for item in chosen:
+            backend = get_backend(item) if isinstance(item, str) else item
+            if not isinstance(backend, BaseBackend):
+                raise TypeError(f"Session: {backend!r} is not a backend instance or name")
+            if backend.name in self._backends:
+                raise ValueError(f"Session: two backends are named {backend.name!r}")
+            self._backends[backend.name] = backend
+        self._by_kind: dict[str, BaseBackend] = {}
+        for backend in self._backends.values():
+            for kind in backend.task_kinds:
+                self._by_kind.setdefault(kind, backend)
+        self._inflight: dict[str, Task] = {}
+        self._close_timeout = close_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._closed = False
+        # Looked up once: an unimplemented hook then costs one attribute test per batch.
+        self._validate = hook_if_implemented("rhapsody_validate_task")
+        self._notify = hook_if_implemented("rhapsody_task_states_changed")
+
+    @property
+    def backends(self) -> dict[str, BaseBackend]:
+        """The session's backends by name."""
+        return dict(self._backends)
+
+    @property
+    def in_flight(self) -> int:
+        """How many submitted tasks have not ended yet."""
+        return len(self._inflight)
+
+    async def __aenter__(self) -> Session:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Initialise every backend that is not yet initialised (``submit_tasks`` calls this)."""
+        if self._closed:
+            raise SessionClosedError("this session has been closed")
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        for backend in self._backends.values():
+            backend.bind(self._receive, self._loop)
+            await backend
+        self._started = True
+
+    # -- submit ------------------------------------------------------------------------------
+
+    def _route(self, task: Task) -> BaseBackend:
+        name = task["backend"]
+        if name is None:
+            backend = self._by_kind.get(task.kind)
+            if backend is None:
+                raise ValueError(
+                    f"task {task['uid']}: no backend of this session runs {task.kind} tasks "
+                    f"(backends: {', '.join(self._backends)})"
+                )
+            return backend
+        backend = self._backends.get(name)
+        if backend is None:
+            raise ValueError(
+                f"task {task['uid']} asks for backend {name!r}, which this session does not "
+                f"have (it has: {', '.join(self._backends)})"
+            )
+        if task.kind not in backend.task_kinds:
+            raise ValueError(
+                f"task {task['uid']}: backend {name!r} does not run {task.kind} tasks "
+                f"(it runs: {', '.join(sorted(backend.task_kinds))})"
+            )
+        return backend
+
+    async def submit_tasks(self, tasks: Iterable[Task]) -> list[asyncio.Future[Task]]:
+        """Submit tasks and return one future per task, in order.
+
+        A future resolves to its task when the task ends ``DONE``; it raises the function's own
+        exception, or :class:`TaskExecutionError` for an executable that exited non-zero, when
+        the task ends ``FAILED``; it is cancelled when the task ends ``CANCELED``.
+
+        Raises:
+            TypeError: an item is not a task.
+            ValueError: a task was already submitted, names a backend the session does not have,
+                or is refused by a backend or a validating plugin. Then no task of this call has
+                been submitted, and the session keeps working.
+            SessionClosedError: the session has been closed.
+        """
+        if not self._started:
+            await self.start()
+        if self._closed:
+            raise SessionClosedError("cannot submit to a closed session")
+        tasks = tasks if isinstance(tasks, list) else list(tasks)
+        inflight = self._inflight
+        validate = self._validate
+        groups: dict[BaseBackend, list[Task]] = {}
+        for task in tasks:
+            if not isinstance(task, Task):
+                raise TypeError(f"submit_tasks takes tasks, got {type(task).__name__}: {task!r}")
+            if task._future is not None or task["uid"] in inflight:
+                raise ValueError(f"task {task['uid']} has already been submitted; make a new task")
+            backend = self._route(task)
+            if validate is not None:
+                validate(task=task, backend=backend)
+            group = groups.get(backend)
+            if group is None:
+                groups[backend] = [task]
+            else:
+                group.append(task)
+        if len({t["uid"] for t in tasks}) != len(tasks):
+            raise ValueError("submit_tasks: two tasks in one call share a uid")
+
+        create_future = self._loop.create_future  # type: ignore[union-attr]
+        set_future = object.__setattr__
+        submitted = TaskState.SUBMITTED
+        for backend, group in groups.items():
+            name = backend.name
+            for task in group:
+                set_future(task, "_future", create_future())
+                task["backend"] = name
+                task["state"] = submitted
+                inflight[task["uid"]] = task
+            try:
+                await backend.submit_tasks(group)
+            except BaseException:
+                for task in group:
+                    if task["state"] == submitted:
+                        inflight.pop(task["uid"], None)
+                        set_future(task, "_future", None)
+                        task["state"] = TaskState.NEW
+                raise
+            if self._notify is not None:
+                self._notify(tasks=group)
+        return [task._future for task in tasks]
+
+    # -- completions (always on the loop thread) ---------------------------------------------
+
+    def _receive(self, updates: list[Update]) -> None:
+        inflight_pop = self._inflight.pop
+        for task, state in updates:
+            if state not in TERMINAL_STATES:
+                if task["state"] not in TERMINAL_STATES:
+                    task["state"] = state
+                continue
+            # A late report for a task that already ended (e.g. cancelled on close) is ignored.
+            if inflight_pop(task["uid"], None) is None:
+                continue
+            task["state"] = state
+            future = task._future
+            if future is None or future.done():
+                continue
+            if state == _DONE:
+                future.set_result(task)
+            elif state == _FAILED:
+                future.set_exception(_failure_of(task))
+            else:
+                future.cancel()
+        if self._notify is not None:
+            self._notify(tasks=[task for task, _ in updates])
+
+    # -- wait and cancel ---------------------------------------------------------------------
+
+    async def wait_tasks(self, tasks: Iterable[Task], timeout: float | None = None) -> list[Task]:
+        """Wait until every task has ended and return them; never raises because a task failed.
+
+        Read each task's ``state``, ``return_value``, ``exception``, ``stdout``, ``stderr`` and
+        ``exit_code`` afterwards. Returns as soon as the last task ends.
+
+        Raises:
+            TimeoutError: not every task ended within ``timeout`` seconds (the message says how
+                many did); the tasks keep running.
+            ValueError: a task was never submitted.
+        """
+        tasks = tasks if isinstance(tasks, list) else list(tasks)
+        futures = []
+        for task in tasks:
+            future = task._future
+            if future is None:
+                raise ValueError(f"task {task['uid']} was never submitted to a session")
+            if not future.done():
+                futures.append(future)
+        if futures:
+            _, pending = await asyncio.wait(futures, timeout=timeout)
+            if pending:
+                raise TimeoutError(
+                    f"{len(tasks) - len(pending)} of {len(tasks)} tasks ended within {timeout} s; "
+                    f"{len(pending)} still running"
+                )
+        for task in tasks:
+            future = task._future
+            # Failures are recorded on the task: mark them seen so asyncio does not log them.
+            if not future.cancelled():
+                future.exception()
+        return tasks
+
+    async def cancel_task(self, task: Task | str, *, grace: float = 30.0) -> bool:
+        """Cancel a task (or the task with that uid) that has not ended.
+
+        Returns ``True`` when the task ended ``CANCELED`` (a queued task never starts; a running
+        executable's whole process group is killed), ``False`` when it had already ended or its
+        backend could no longer stop it (it then ends normally).
+
+        Raises:
+            KeyError: no task with that uid is running in this session.
+        """
+        if isinstance(task, str):
+            found = self._inflight.get(task)
+            if found is None:
+                raise KeyError(f"no task with uid {task!r} is running in this session")
+            task = found
+        elif task["uid"] not in self._inflight:
+            return task["state"] == _CANCELED
+        backend = self._backends[task["backend"]]
+        if not await backend.cancel_task(task):
+            return False
+        future = task._future
+        if future is not None and not future.done():
+            # Backends report the cancellation themselves; give them a bounded moment.
+            await asyncio.wait([future], timeout=grace)
+        return task["state"] == _CANCELED
+
+    async def close(self) -> None:
+        """Cancel what still runs, close every backend (each within ``close_timeout``).
+
+        Idempotent. Every task still in flight ends ``CANCELED``; no task is left unresolved.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for backend in self._backends.values():
+                try:
+                    await asyncio.wait_for(backend.close(), self._close_timeout)
+                except Exception:  # noqa: BLE001 - every backend gets closed, then we re-raise
+                    await self._abandon_inflight(backend)
+                    raise
+        finally:
+            await self._abandon_inflight(None)
+
+    async def _abandon_inflight(self, backend: BaseBackend | None) -> None:
+        # Let reports already queued by engine threads arrive before declaring tasks abandoned.
+        await asyncio.sleep(0)
+        left = [t for t in self._inflight.values()
+                if backend is None or t["backend"] == backend.name]
+        if left:
+            for task in left:
+                if task["exception"] is None:
+                    task["exception"] = SessionClosedError(
+                        f"task {task['uid']} was still running when its session closed"
+                    )
+            self._receive([(task, _CANCELED) for task in left])
+
+
+def _failure_of(task: Task) -> BaseException:
+    exc = task["exception"]
+    if exc is None:
+        exc = TaskExecutionError(task["uid"], task["stderr"] or "", task["exit_code"])
+        task["exception"] = exc
+    return exc  # type: ignore[no-any-return]
