@@ -1,0 +1,721 @@
+"""``DaskBackend``: rhapsody tasks as Dask futures, from submit to the session's batched report.
+
+The hot path, top to bottom:
+
+1. ``submit_tasks`` (session loop thread) validates every task, fails at once the ones whose
+   resources no worker can supply, groups the rest by their Dask options and hands each group to
+   Dask as ONE ``client.map`` call (one graph, one scheduler message per group, not per task).
+2. A collector thread takes finished futures from ``distributed.as_completed`` in batches, fetches
+   all results of a batch with ONE ``client.gather``, fills the tasks and hands the batch to
+   ``BaseBackend.report`` (one loop wake-up per batch).
+3. The functions at the bottom of this module run inside the Dask workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rhapsody import BaseBackend, TaskState
+from rhapsody.task import Task
+
+from .errors import UnsatisfiableResourcesError, WorkerLostError
+from .resources import check_resources, why_unsatisfiable
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+_DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
+_DASK_OPTIONS = frozenset({"resources", "retries", "priority"})
+_EXECUTABLE_OPTIONS = _DASK_OPTIONS | {"cwd", "env", "shell"}
+_RESOURCE_POLL_S = 1.0
+_KILL_GRACE_S = 3.0
+
+
+class DaskBackend(BaseBackend):
+    """Runs functions (sync and ``async``) and executables on a Dask cluster.
+
+    Args:
+        cluster: an existing Dask cluster object (``LocalCluster``, ``SLURMCluster``,
+            ``KubeCluster``, ``LocalCUDACluster``, ...). The backend connects its own client to it
+            and closes only that client.
+        client: an existing ``distributed.Client``. Used as is (an asynchronous client gets a
+            companion synchronous client to the same scheduler); never closed by the backend.
+        n_workers, threads_per_worker, processes, worker_resources: shape of the ``LocalCluster``
+            the backend starts (and closes) when neither ``cluster`` nor ``client`` is given.
+            ``worker_resources`` (e.g. ``{"GPU": 1}``) is advertised by every worker.
+        cluster_options: further keyword arguments for that ``LocalCluster``.
+        unsatisfiable_timeout: seconds a submitted task that asks for resources may wait after
+            the last worker able to supply them left (restarts, adaptive scaling) before it fails
+            with :class:`UnsatisfiableResourcesError`. At submit, such a task fails at once.
+        close_timeout: seconds each step of shutdown (client, cluster) may take.
+
+    Per task, ``task_backend_specific_kwargs`` may hold ``resources`` (dict, routes the task to
+    workers advertising them), ``retries`` (int: Dask re-runs a task that raised up to this many
+    times, and the backend resubmits it up to this many times after its worker was lost),
+    ``priority`` (int, Dask's priority) and, for executables, ``cwd``, ``env`` (the whole
+    environment of the process) and ``shell``.
+
+    The backend's own cluster is started with ``distributed.scheduler.allowed-failures = 0``, so a
+    task whose worker is lost fails at once with :class:`WorkerLostError` (or is retried when it
+    asked for ``retries``). An injected cluster keeps its own policy: Dask first re-runs such a
+    task on other workers up to its ``allowed-failures``.
+
+    Raises:
+        ValueError: both ``cluster`` and ``client``, a ``LocalCluster`` option together with one of
+            them, or a bad number.
+    """
+
+    name = "dask"
+    task_kinds = frozenset({"function", "executable"})
+
+    def __init__(
+        self,
+        *,
+        cluster: Any = None,
+        client: Client | None = None,
+        n_workers: int | None = None,
+        threads_per_worker: int | None = None,
+        processes: bool | None = None,
+        worker_resources: Mapping[str, float] | None = None,
+        cluster_options: Mapping[str, Any] | None = None,
+        unsatisfiable_timeout: float = 10.0,
+        close_timeout: float = 30.0,
+    ) -> None:
+        super().__init__()
+        if cluster is not None and client is not None:
+            raise ValueError("dask: pass cluster= or client=, not both")
+        own = {
+            "n_workers": n_workers, "threads_per_worker": threads_per_worker,
+            "processes": processes, "worker_resources": worker_resources,
+            "cluster_options": cluster_options,
+        }
+        if cluster is not None or client is not None:
+            given = sorted(k for k, v in own.items() if v is not None)
+            if given:
+                raise ValueError(
+                    f"dask: {', '.join(given)} shape the backend's own LocalCluster and cannot be "
+                    "combined with cluster= or client="
+                )
+        for label, value in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"dask: {label} must be an integer >= 1, got {value!r}")
+        for label, value in (("unsatisfiable_timeout", unsatisfiable_timeout),
+                             ("close_timeout", close_timeout)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"dask: {label} must be a number of seconds >= 0, got {value!r}")
+        if worker_resources is not None:
+            worker_resources = check_resources("(worker_resources)", worker_resources)
+        self._given_cluster = cluster
+        self._given_client = client
+        self._cluster_options = {
+            "n_workers": n_workers,
+            "threads_per_worker": threads_per_worker or 1,
+            "processes": True if processes is None else processes,
+            "resources": worker_resources,
+            "dashboard_address": None,
+            **dict(cluster_options or {}),
+        }
+        self._unsatisfiable_timeout = float(unsatisfiable_timeout)
+        self._close_timeout = float(close_timeout)
+        self._client: Client | None = None
+        self._own_client = False
+        self._own_cluster: Any = None
+        self._salt = uuid.uuid4().hex[:8]
+        # Shared with the collector thread, always under _lock.
+        self._lock = threading.Condition()
+        self._live: dict[str, tuple[Task, Future]] = {}  # dask key -> (task, future)
+        self._key_of: dict[str, str] = {}  # task uid -> its current dask key
+        self._tracked = 0  # futures handed to as_completed and not yet taken out of it
+        self._stopping = False
+        self._retries_left: dict[str, int] = {}  # uid -> resubmissions left after worker loss
+        self._restricted: dict[str, dict[str, float]] = {}  # dask key -> resources asked
+        self._unsatisfiable_since: dict[str, float] = {}
+        self._workers_cache: tuple[float, list[dict[str, float]]] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._ac: Any = None
+        self._collector: threading.Thread | None = None
+        self._killed_worker: type[BaseException] | None = None
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise ``ImportError`` when ``dask.distributed`` is not installed."""
+        import distributed  # noqa: F401
+
+    @property
+    def client(self) -> Client:
+        """The ``distributed.Client`` the backend submits through (after initialisation)."""
+        if self._client is None:
+            raise RuntimeError("dask: the backend has not been initialised (await it first)")
+        return self._client
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The Dask dashboard URL, when the cluster serves one."""
+        return getattr(self._client, "dashboard_link", None) if self._client else None
+
+    async def _initialize(self) -> None:
+        import dask
+        import distributed
+        from distributed.scheduler import KilledWorker
+
+        self._killed_worker = KilledWorker
+
+        def connect() -> None:
+            client = self._given_client
+            if client is not None:
+                if client.asynchronous:
+                    # Its calls return coroutines bound to another loop; the collector thread
+                    # needs blocking calls, so it gets a synchronous companion client.
+                    self._client = distributed.Client(client.scheduler.address, set_as_default=False)
+                    self._own_client = True
+                else:
+                    self._client = client
+                return
+            cluster = self._given_cluster
+            if cluster is None:
+                options = {k: v for k, v in self._cluster_options.items() if v is not None}
+                # The scheduler reads this once, at start: a lost worker fails its tasks at once.
+                with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                    cluster = distributed.LocalCluster(**options)
+                self._own_cluster = cluster
+            try:
+                if getattr(cluster, "asynchronous", False):
+                    self._client = distributed.Client(cluster.scheduler_address, set_as_default=False)
+                else:
+                    self._client = distributed.Client(cluster, set_as_default=False)
+            except BaseException:
+                if self._own_cluster is not None:
+                    self._own_cluster.close(timeout=self._close_timeout)
+                    self._own_cluster = None
+                raise
+            self._own_client = True
+
+        await asyncio.get_running_loop().run_in_executor(None, connect)
+        self._ac = distributed.as_completed(loop=self.client.loop)
+        self._collector = threading.Thread(
+            target=self._collect, name=f"rhapsody-dask-collect-{self._salt}", daemon=True
+        )
+        self._collector.start()
+
+    # -- submit ------------------------------------------------------------------------------
+
+    async def submit_tasks(self, tasks: Sequence[Task]) -> None:
+        if self._stopping:
+            raise RuntimeError("dask: the backend is shutting down")
+        plans = [_plan(task) for task in tasks]  # raises before anything is submitted
+        failed: list[tuple[Task, str]] = []
+        if any(plan[1] for plan in plans):
+            plans = await self._drop_unsatisfiable(tasks, plans, failed)
+        groups: dict[tuple[Any, ...], list[tuple[Task, str]]] = {}
+        for task, (group, resources) in zip(tasks, plans):
+            if group is None:
+                continue
+            key = f"{_key_prefix(task)}-{self._salt}-{task['uid']}"
+            members = groups.get(group)
+            if members is None:
+                groups[group] = [(task, key)]
+            else:
+                members.append((task, key))
+            if resources:
+                self._restricted[key] = resources
+            retries = task["task_backend_specific_kwargs"].get("retries")
+            if retries:
+                self._retries_left[task["uid"]] = retries
+        for group, members in groups.items():
+            self._map(group, members)
+        if failed:
+            self.report(failed)
+        if self._restricted and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_resources())
+
+    def _map(self, group: tuple[Any, ...], members: list[tuple[Task, str]]) -> None:
+        """Hand one group of tasks with identical Dask options to Dask as one graph."""
+        kind, resources, retries, priority = group
+        keys = [key for _, key in members]
+        tasks = [task for task, _ in members]
+        if kind == "executable":
+            columns: list[list[Any]] = [
+                keys,
+                [t["executable"] for t in tasks],
+                [t["arguments"] for t in tasks],
+                [t["task_backend_specific_kwargs"].get("cwd") for t in tasks],
+                [t["task_backend_specific_kwargs"].get("env") for t in tasks],
+                [bool(t["task_backend_specific_kwargs"].get("shell")) for t in tasks],
+                [t["timeout"] for t in tasks],
+            ]
+            runner: Any = run_executable
+        elif kind == "async":
+            columns = [[t["function"] for t in tasks], [t["args"] for t in tasks],
+                       [t["kwargs"] for t in tasks], [t["timeout"] for t in tasks]]
+            runner = call_async
+        else:
+            columns = [[t["function"] for t in tasks], [t["args"] for t in tasks],
+                       [t["kwargs"] for t in tasks]]
+            runner = call
+        futures = self.client.map(
+            runner, *columns, key=keys, pure=False,
+            resources=dict(resources) if resources else None,
+            retries=retries, priority=priority or 0,
+        )
+        with self._lock:
+            live, key_of = self._live, self._key_of
+            for task, key, future in zip(tasks, keys, futures):
+                live[key] = (task, future)
+                key_of[task["uid"]] = key
+            self._tracked += len(futures)
+            self._lock.notify()
+        self._ac.update(futures)
+
+    # -- completions (collector thread) ------------------------------------------------------
+
+    def _collect(self) -> None:
+        ac = self._ac
+        lock = self._lock
+        while True:
+            with lock:
+                while not self._tracked and not self._stopping:
+                    lock.wait()
+                if not self._tracked:
+                    return
+            try:
+                batch = ac.next_batch(block=True)
+            except StopIteration:
+                # The futures counted in _tracked are being added to ``ac`` right now.
+                time.sleep(0.001)
+                continue
+            try:
+                self._finish(batch)
+            except BaseException as exc:  # noqa: BLE001 - never lose a batch: fail its tasks
+                self._fail_batch(batch, exc)
+
+    def _finish(self, batch: list[Future]) -> None:
+        finished: list[tuple[Task, Future]] = []
+        erred: list[tuple[Task, Future]] = []
+        updates: list[tuple[Task, str]] = []
+        with self._lock:
+            self._tracked -= len(batch)
+            live_pop, key_of, restricted = self._live.pop, self._key_of, self._restricted
+            for future in batch:
+                key = future.key
+                entry = live_pop(key, None)
+                if restricted:
+                    restricted.pop(key, None)
+                    self._unsatisfiable_since.pop(key, None)
+                if entry is None:
+                    continue  # cancelled or failed by the backend, already reported
+                task = entry[0]
+                if key_of.get(task["uid"]) == key:
+                    del key_of[task["uid"]]
+                status = future.status
+                if status == "finished":
+                    finished.append(entry)
+                elif status == "error":
+                    erred.append(entry)
+                else:
+                    # Dask dropped the task without us asking (client or scheduler gone).
+                    task["exception"] = RuntimeError(
+                        f"task {task['uid']}: Dask reported the task {status} (its scheduler or "
+                        "client went away) before it ended"
+                    )
+                    updates.append((task, _FAILED))
+        if finished:
+            futures = [future for _, future in finished]
+            try:
+                values = self.client.gather(futures)
+            except BaseException:  # noqa: BLE001 - find which result could not be fetched
+                values = [_gather_one(future) for future in futures]
+            for (task, future), value in zip(finished, values):
+                if isinstance(value, _Unfetchable):
+                    task["exception"] = value.error
+                    updates.append((task, _FAILED))
+                elif task["function"] is not None:
+                    task["return_value"] = value
+                    updates.append((task, _DONE))
+                else:
+                    updates.append((task, _executable_outcome(task, value)))
+        resubmit: list[Task] = []
+        for task, future in erred:
+            try:
+                error = future.exception()
+            except BaseException as exc:  # noqa: BLE001 - the exception itself could not arrive
+                error = exc
+            if self._killed_worker is not None and isinstance(error, self._killed_worker):
+                uid = task["uid"]
+                left = self._retries_left.get(uid, 0)
+                if left > 0 and not self._stopping:
+                    self._retries_left[uid] = left - 1
+                    resubmit.append(task)
+                    continue
+                lost = WorkerLostError(uid, _last_worker(error))
+                lost.__cause__ = error
+                error = lost
+            if task["function"] is None:
+                task["stderr"] = f"{type(error).__name__}: {error}"
+            task["exception"] = error
+            updates.append((task, _FAILED))
+        for task, _ in updates:
+            self._retries_left.pop(task["uid"], None)
+        if updates:
+            self.report(updates)
+        for task in resubmit:
+            self._resubmit(task)
+
+    def _resubmit(self, task: Task) -> None:
+        """Run a task whose worker was lost again, under a fresh Dask key."""
+        group, resources = _plan(task)
+        attempt = task["task_backend_specific_kwargs"]["retries"] - self._retries_left[task["uid"]]
+        key = f"{_key_prefix(task)}-{self._salt}-{task['uid']}-r{attempt}"
+        if resources:
+            with self._lock:
+                self._restricted[key] = resources
+        self._map(group, [(task, key)])  # type: ignore[arg-type]
+
+    def _fail_batch(self, batch: list[Future], error: BaseException) -> None:
+        updates = []
+        with self._lock:
+            for future in batch:
+                entry = self._live.pop(future.key, None)
+                if entry is not None:
+                    entry[0]["exception"] = error
+                    updates.append((entry[0], _FAILED))
+        if updates:
+            self.report(updates)
+
+    # -- resources ---------------------------------------------------------------------------
+
+    async def _worker_resources(self, *, fresh: bool) -> list[dict[str, float]]:
+        cached = self._workers_cache
+        if not fresh and cached is not None and time.monotonic() - cached[0] < _RESOURCE_POLL_S:
+            return cached[1]
+        client = self.client
+        info = await asyncio.get_running_loop().run_in_executor(None, client.scheduler_info, -1)
+        workers = [dict(w.get("resources") or {}) for w in info.get("workers", {}).values()]
+        self._workers_cache = (time.monotonic(), workers)
+        return workers
+
+    async def _drop_unsatisfiable(
+        self, tasks: Sequence[Task], plans: list[tuple[Any, Any]], failed: list[tuple[Task, str]]
+    ) -> list[tuple[Any, Any]]:
+        workers = await self._worker_resources(fresh=False)
+        kept = []
+        for task, plan in zip(tasks, plans):
+            resources = plan[1]
+            if resources and why_unsatisfiable(resources, workers) is not None:
+                # The cache may predate a worker that just joined: decide on fresh information.
+                workers = await self._worker_resources(fresh=True)
+                why = why_unsatisfiable(resources, workers)
+                if why is not None:
+                    task["exception"] = UnsatisfiableResourcesError(task["uid"], resources, *why)
+                    failed.append((task, _FAILED))
+                    kept.append((None, resources))
+                    continue
+            kept.append(plan)
+        return kept
+
+    async def _watch_resources(self) -> None:
+        """Fail tasks whose every capable worker left and did not come back in time."""
+        try:
+            while self._restricted and not self._stopping:
+                await asyncio.sleep(_RESOURCE_POLL_S)
+                with self._lock:
+                    asked = dict(self._restricted)
+                if not asked:
+                    break
+                try:
+                    workers = await self._worker_resources(fresh=True)
+                except Exception:  # noqa: BLE001 - scheduler briefly unreachable: look again later
+                    continue
+                now = time.monotonic()
+                expired: list[tuple[Task, Future]] = []
+                since = self._unsatisfiable_since
+                with self._lock:
+                    for key, resources in asked.items():
+                        why = why_unsatisfiable(resources, workers)
+                        if why is None:
+                            since.pop(key, None)
+                            continue
+                        first = since.setdefault(key, now)
+                        if now - first < self._unsatisfiable_timeout or key not in self._live:
+                            continue
+                        task, future = self._live.pop(key)
+                        self._key_of.pop(task["uid"], None)
+                        self._restricted.pop(key, None)
+                        since.pop(key, None)
+                        task["exception"] = UnsatisfiableResourcesError(
+                            task["uid"], resources, why[0],
+                            why[1] + f"; waited {self._unsatisfiable_timeout:g} s for one to join",
+                        )
+                        expired.append((task, future))
+                if expired:
+                    self.report([(task, _FAILED) for task, _ in expired])
+                    await self._cancel_futures([future for _, future in expired])
+        finally:
+            self._watcher = None
+
+    # -- cancel and shutdown -----------------------------------------------------------------
+
+    async def cancel_task(self, task: Task) -> bool:
+        with self._lock:
+            key = self._key_of.pop(task["uid"], None)
+            entry = self._live.pop(key, None) if key is not None else None
+            if key is not None:
+                self._restricted.pop(key, None)
+        if entry is None:
+            return False
+        self._retries_left.pop(task["uid"], None)
+        # Reported first: whatever the future does next, the collector no longer owns the task.
+        self.report([(task, _CANCELED)])
+        await self._cancel_futures([entry[1]])
+        return True
+
+    async def _cancel_futures(self, futures: list[Future]) -> None:
+        # A pending task is then dropped by the scheduler; a running executable's runner sees
+        # its key cancelled on the worker and kills the process group.
+        client = self.client
+        await asyncio.wait_for(
+            asyncio.get_running_loop().run_in_executor(None, client.cancel, futures),
+            self._close_timeout,
+        )
+
+    async def _shutdown(self) -> None:
+        with self._lock:
+            self._stopping = True
+            entries = list(self._live.values())
+            self._live.clear()
+            self._key_of.clear()
+            self._restricted.clear()
+            self._lock.notify_all()
+        if entries:
+            self.report([(task, _CANCELED) for task, _ in entries])
+        loop = asyncio.get_running_loop()
+        try:
+            if entries and self._client is not None:
+                try:
+                    await self._cancel_futures([future for _, future in entries])
+                except Exception:  # noqa: BLE001 - the cluster may already be gone; still close
+                    pass
+        finally:
+            await loop.run_in_executor(None, self._close_engine)
+        if self._collector is not None:
+            await loop.run_in_executor(None, self._collector.join, self._close_timeout)
+
+    def _close_engine(self) -> None:
+        client, cluster = self._client, self._own_cluster
+        try:
+            if client is not None and self._own_client:
+                client.close(timeout=self._close_timeout)
+        finally:
+            if cluster is not None:
+                cluster.close(timeout=self._close_timeout)
+                self._own_cluster = None
+
+
+def _plan(task: Task) -> tuple[tuple[Any, ...], dict[str, float] | None]:
+    """Check a task's options; return its Dask group and the resources it asks for.
+
+    Raises:
+        ValueError, TypeError: an option the backend cannot honour (the message names it).
+    """
+    uid = task["uid"]
+    options = task["task_backend_specific_kwargs"]
+    executable = task["function"] is None
+    if executable:
+        kind = "executable"
+    else:
+        kind = "async" if inspect.iscoroutinefunction(task["function"]) else "sync"
+        if kind == "sync" and task["timeout"] is not None:
+            raise ValueError(
+                f"task {uid}: Dask cannot interrupt a running sync function, so timeout= works "
+                "only for async functions and executables"
+            )
+    resources = retries = priority = None
+    if options:
+        allowed = _EXECUTABLE_OPTIONS if executable else _DASK_OPTIONS
+        unknown = set(options) - allowed
+        if unknown:
+            raise ValueError(
+                f"task {uid}: dask does not understand task_backend_specific_kwargs "
+                f"{sorted(unknown)} for {task.kind} tasks (it takes {sorted(allowed)})"
+            )
+        if "resources" in options and options["resources"] is not None:
+            resources = check_resources(uid, options["resources"]) or None
+        for label in ("retries", "priority"):
+            value = options.get(label)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"task {uid}: {label} must be an integer, got {value!r}")
+        retries, priority = options.get("retries"), options.get("priority")
+        if retries is not None and retries < 0:
+            raise ValueError(f"task {uid}: retries must be >= 0, got {retries!r}")
+        if executable:
+            _check_executable_options(uid, options)
+    frozen = tuple(sorted(resources.items())) if resources else None
+    return (kind, frozen, retries or None, priority), resources
+
+
+def _key_prefix(task: Task) -> str:
+    """The part of a task's Dask key that Dask groups tasks by (its "task prefix").
+
+    Dask keeps statistics per prefix and walks them when it places each task, so a prefix must
+    repeat across tasks (the function's or program's name, as Dask itself does); the salt and
+    uid that make the key unique follow it as words Dask's ``key_split`` drops.
+    """
+    function = task["function"]
+    if function is not None:
+        name = getattr(function, "__name__", None) or type(function).__name__
+    else:
+        name = os.path.basename(task["executable"].split(maxsplit=1)[0] or "") or "executable"
+    return name.replace("-", "_")
+
+
+def _check_executable_options(uid: str, options: Mapping[str, Any]) -> None:
+    env = options.get("env")
+    if env is not None and not (
+        isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    ):
+        raise TypeError(f"task {uid}: env must be a dict of str to str, got {env!r}")
+    cwd = options.get("cwd")
+    if cwd is not None and not isinstance(cwd, (str, os.PathLike)):
+        raise TypeError(f"task {uid}: cwd must be a path, got {cwd!r}")
+    shell = options.get("shell")
+    if shell is not None and not isinstance(shell, bool):
+        raise TypeError(f"task {uid}: shell must be True or False, got {shell!r}")
+
+
+def _executable_outcome(task: Task, value: tuple[int, str, str, str | None]) -> str:
+    code, out, err, stopped = value
+    task["exit_code"], task["stdout"], task["stderr"] = code, out, err
+    if stopped == "timeout":
+        task["exception"] = TimeoutError(
+            f"task {task['uid']} exceeded its timeout of {task['timeout']} s; its process group "
+            "was killed"
+        )
+        return _FAILED
+    return _DONE if code == 0 else _FAILED
+
+
+class _Unfetchable:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _gather_one(future: Future) -> Any:
+    try:
+        return future.result()
+    except BaseException as exc:  # noqa: BLE001 - e.g. a result that cannot be unpickled here
+        return _Unfetchable(exc)
+
+
+def _last_worker(error: BaseException) -> str | None:
+    worker = getattr(error, "last_worker", None)
+    return getattr(worker, "address", None) if worker is not None else None
+
+
+# -- inside the Dask workers ---------------------------------------------------------------------
+# These run in the worker processes, which import this module by reference: rhapsody-dask must
+# be installed wherever the workers run (like any library the tasks themselves import).
+
+
+def call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run a sync function task in a worker thread."""
+    return function(*args, **kwargs)
+
+
+async def call_async(
+    function: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+) -> Any:
+    """Run an ``async`` function task on the worker's event loop (as Dask runs coroutines)."""
+    if timeout is None:
+        return await function(*args, **kwargs)
+    try:
+        return await asyncio.wait_for(function(*args, **kwargs), timeout)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"the task exceeded its timeout of {timeout} s") from None
+
+
+def run_executable(
+    key: str,
+    executable: str,
+    arguments: list[str],
+    cwd: str | None,
+    env: dict[str, str] | None,
+    shell: bool,
+    timeout: float | None,
+) -> tuple[int, str, str, str | None]:
+    """Run an executable task in its own process group; return (exit code, stdout, stderr, why
+    it was stopped: ``"timeout"``, ``"cancelled"`` or ``None``).
+
+    Raises:
+        OSError: the program or ``cwd`` does not exist (the task fails with it).
+    """
+    command: Any = (
+        " ".join([executable, *map(shlex.quote, arguments)]) if shell else [executable, *arguments]
+    )
+    process = subprocess.Popen(
+        command, shell=shell, cwd=cwd, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, start_new_session=True,
+    )
+    deadline = None if timeout is None else time.monotonic() + timeout
+    cancelled = _cancel_probe(key)
+    stopped = None
+    while True:
+        wait = 0.25 if deadline is None else max(0.0, min(0.25, deadline - time.monotonic()))
+        try:
+            out, err = process.communicate(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                stopped = "timeout"
+            elif cancelled():
+                stopped = "cancelled"
+            else:
+                continue
+        _kill_group(process)
+        out, err = process.communicate()
+        break
+    return (process.returncode, out.decode(errors="replace"), err.decode(errors="replace"), stopped)
+
+
+def _cancel_probe(key: str) -> Any:
+    """A check for whether Dask cancelled (released) this task on the worker running it."""
+    try:
+        from distributed import get_worker
+
+        tasks = get_worker().state.tasks
+    except Exception:  # noqa: BLE001 - not in a worker (e.g. a test calling the runner directly)
+        return lambda: False
+
+    def cancelled() -> bool:
+        state = tasks.get(key)
+        return state is None or state.state in ("cancelled", "released", "forgotten")
+
+    return cancelled
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, then SIGKILL it if it is still there after a grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(_KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            continue
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # whatever else the group started
+        except ProcessLookupError:
+            pass
+        return
