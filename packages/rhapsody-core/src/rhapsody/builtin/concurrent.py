@@ -18,6 +18,7 @@ import os
 import shlex
 import signal
 from collections.abc import Sequence
+from functools import partial
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
@@ -118,7 +119,9 @@ class ConcurrentBackend(BaseBackend):
         drivers = self._drivers
         for task in tasks:
             if task["function"] is None:
-                drivers[task["uid"]] = create_task(self._run_executable(task))
+                driver = create_task(self._run_executable(task))
+                driver.add_done_callback(partial(self._driver_done, task))
+                drivers[task["uid"]] = driver
         if functions:
             size = _chunk_size(len(functions), self._workers)
             for start in range(0, len(functions), size):
@@ -236,6 +239,12 @@ class ConcurrentBackend(BaseBackend):
         task["stderr"] = err.decode(errors="replace")
         task["exit_code"] = code = process.returncode
         self.report([(task, _DONE if code == 0 and task["exception"] is None else _FAILED)])
+
+    def _driver_done(self, task: Task, driver: asyncio.Task[None]) -> None:
+        # A driver cancelled before its first step never ran its own CancelledError handler.
+        if driver.cancelled():
+            self._drivers.pop(task["uid"], None)
+            self.report([(task, _CANCELED)])
 
     # -- cancel and shutdown -----------------------------------------------------------------
 

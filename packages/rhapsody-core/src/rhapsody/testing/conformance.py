@@ -1,0 +1,445 @@
+"""``BackendConformance``: what every rhapsody backend must do, as tests.
+
+One backend and one session are started per test class and shared by its tests (engines such as
+Dragon or a RADICAL-Pilot pilot take seconds to start). The kit runs its own event loop, so it
+needs no asyncio plugin for pytest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import pytest
+
+from ..backend import BaseBackend
+from ..errors import TaskExecutionError
+from ..plugins import get_backend
+from ..session import Session
+from ..task import ComputeTask
+from . import workloads
+
+T = TypeVar("T")
+
+FEATURES = frozenset({
+    "function",        # sync Python functions
+    "async_function",  # async def functions
+    "executable",      # programs, with stdout/stderr/exit_code
+    "cwd",             # per-task working directory
+    "env",             # per-task environment
+    "shell",           # shell command lines
+    "timeout",         # ComputeTask(timeout=...) kills an executable
+    "cancel_running",  # cancelling a running executable kills its process group
+    "cancel_queued",   # a cancelled queued task never starts
+    "close_kills",     # closing the session kills what still runs
+})
+"""Feature names a backend may declare in ``unsupported`` (with the reason)."""
+
+
+class ConformanceHarness:
+    """Runs coroutines on the kit's event loop against the shared session."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, session: Session, suite: BackendConformance) -> None:
+        self.loop = loop
+        self.session = session
+        self.suite = suite
+
+    def run(self, body: Callable[[Session], Awaitable[T]], timeout: float | None = None) -> T:
+        """Run ``body(session)`` to completion; fail the test if it takes over ``timeout`` s."""
+        bound = timeout if timeout is not None else self.suite.task_timeout
+        return self.loop.run_until_complete(asyncio.wait_for(body(self.session), bound))
+
+
+class BackendConformance:
+    """Subclass this in a test module to check a backend against the rhapsody contract.
+
+    Class attributes to set:
+        backend_name: the backend's registered name.
+        backend_options: keyword options for ``rhapsody.get_backend``.
+        unsupported: feature name -> why this backend cannot do it (names in ``FEATURES``);
+            those tests are skipped with the reason.
+        task_timeout: seconds any single test may take before it fails as hung.
+        many_tasks: how many tasks the throughput test runs.
+        queue_fill: how many blocking tasks are submitted to make sure a task stays queued.
+
+    Override :meth:`make_backend` to build the backend yourself (e.g. around a cluster object)
+    and :meth:`executable_options` when the backend spells cwd/env/shell differently.
+    """
+
+    backend_name: ClassVar[str] = ""
+    backend_options: ClassVar[Mapping[str, Any]] = {}
+    unsupported: ClassVar[Mapping[str, str]] = {}
+    task_timeout: ClassVar[float] = 120.0
+    many_tasks: ClassVar[int] = 100
+    queue_fill: ClassVar[int] = 16
+
+    # -- hooks for backend authors -----------------------------------------------------------
+
+    def make_backend(self, request: pytest.FixtureRequest) -> BaseBackend:
+        """Build the backend under test (default: ``get_backend(backend_name, **backend_options)``)."""
+        if not self.backend_name:
+            pytest.skip(f"{type(self).__name__} names no backend_name")
+        return get_backend(self.backend_name, **dict(self.backend_options))
+
+    def executable_options(
+        self, *, cwd: str | None = None, env: dict[str, str] | None = None, shell: bool | None = None
+    ) -> dict[str, Any]:
+        """The ``task_backend_specific_kwargs`` that ask this backend for cwd/env/shell."""
+        options: dict[str, Any] = {}
+        if cwd is not None:
+            options["cwd"] = cwd
+        if env is not None:
+            options["env"] = env
+        if shell is not None:
+            options["shell"] = shell
+        return options
+
+    # -- fixtures ----------------------------------------------------------------------------
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def rhapsody_harness(cls, request: pytest.FixtureRequest) -> Iterator[ConformanceHarness]:
+        suite = cls()
+        loop = asyncio.new_event_loop()
+        try:
+            session = Session(backends=[suite.make_backend(request)])
+            loop.run_until_complete(asyncio.wait_for(session.start(), cls.task_timeout))
+            try:
+                yield ConformanceHarness(loop, session, suite)
+            finally:
+                loop.run_until_complete(asyncio.wait_for(session.close(), cls.task_timeout))
+        finally:
+            loop.close()
+
+    def require(self, *features: str) -> None:
+        for feature in features:
+            if feature not in FEATURES:
+                raise ValueError(f"unknown conformance feature {feature!r}")
+            if feature in self.unsupported:
+                pytest.skip(f"{self.backend_name} does not support {feature}: {self.unsupported[feature]}")
+
+    def _shell_task(self, script: str, **kwargs: Any) -> ComputeTask:
+        return ComputeTask(executable="/bin/sh", arguments=["-c", script], **kwargs)
+
+    # -- functions ---------------------------------------------------------------------------
+
+    def test_sync_function_returns_value(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("function")
+
+        async def body(session: Session) -> None:
+            task = ComputeTask(function=workloads.add, args=(2, 3))
+            [future] = await session.submit_tasks([task])
+            assert await future is task
+            assert task.state == "DONE"
+            assert task.return_value == 5
+            assert task.exception is None
+            assert await task is task
+
+        rhapsody_harness.run(body)
+
+    def test_async_function_returns_value(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("async_function")
+
+        async def body(session: Session) -> None:
+            task = ComputeTask(function=workloads.async_add, kwargs={"a": 20, "b": 22})
+            await session.submit_tasks([task])
+            await session.wait_tasks([task])
+            assert task.state == "DONE", task.exception
+            assert task.return_value == 42
+
+        rhapsody_harness.run(body)
+
+    def test_function_exception_reaches_future_with_its_type(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("function")
+
+        async def body(session: Session) -> None:
+            task = ComputeTask(function=workloads.fail, args=("kit says no",))
+            [future] = await session.submit_tasks([task])
+            with pytest.raises(workloads.KitError, match="kit says no"):
+                await future
+            assert task.state == "FAILED"
+            assert isinstance(task.exception, workloads.KitError)
+            # wait_tasks reports, it does not raise
+            assert await session.wait_tasks([task]) == [task]
+
+        rhapsody_harness.run(body)
+
+    def test_many_tasks_all_complete(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("function")
+
+        async def body(session: Session) -> None:
+            tasks = [ComputeTask(function=workloads.square, args=(i,)) for i in range(self.many_tasks)]
+            await session.submit_tasks(tasks)
+            await session.wait_tasks(tasks)
+            assert [t.state for t in tasks] == ["DONE"] * len(tasks)
+            assert [t.return_value for t in tasks] == [i * i for i in range(len(tasks))]
+            assert session.in_flight == 0
+
+        rhapsody_harness.run(body)
+
+    # -- executables -------------------------------------------------------------------------
+
+    def test_executable_output_and_exit_code(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("executable")
+
+        async def body(session: Session) -> None:
+            task = self._shell_task("echo out; echo err >&2")
+            [future] = await session.submit_tasks([task])
+            assert await future is task
+            assert (task.state, task.exit_code) == ("DONE", 0)
+            assert task.stdout.strip() == "out"
+            assert task.stderr.strip() == "err"
+
+        rhapsody_harness.run(body)
+
+    def test_nonzero_exit_raises_task_execution_error(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("executable")
+
+        async def body(session: Session) -> None:
+            task = self._shell_task("echo boom >&2; exit 3")
+            [future] = await session.submit_tasks([task])
+            with pytest.raises(TaskExecutionError) as caught:
+                await future
+            assert caught.value.uid == task.uid
+            assert caught.value.exit_code == 3
+            assert "boom" in caught.value.stderr
+            assert (task.state, task.exit_code) == ("FAILED", 3)
+            assert "boom" in task.stderr
+
+        rhapsody_harness.run(body)
+
+    def test_missing_executable_fails_cleanly(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("executable")
+
+        async def body(session: Session) -> None:
+            task = ComputeTask(executable="/nonexistent/rhapsody-kit-program")
+            [future] = await session.submit_tasks([task])
+            with pytest.raises(Exception):  # noqa: B017 - the type is the backend's; failing is the contract
+                await future
+            assert task.state == "FAILED"
+            assert task.exception is not None
+
+        rhapsody_harness.run(body)
+
+    def test_cwd(self, rhapsody_harness: ConformanceHarness, tmp_path: pathlib.Path) -> None:
+        self.require("executable", "cwd")
+
+        async def body(session: Session) -> None:
+            task = ComputeTask(executable="/bin/pwd",
+                               task_backend_specific_kwargs=self.executable_options(cwd=str(tmp_path)))
+            await session.submit_tasks([task])
+            await session.wait_tasks([task])
+            assert task.state == "DONE", task.exception
+            assert os.path.realpath(task.stdout.strip()) == os.path.realpath(tmp_path)
+
+        rhapsody_harness.run(body)
+
+    def test_env(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("executable", "env")
+
+        async def body(session: Session) -> None:
+            env = {"RHAPSODY_KIT_VALUE": "forty-two", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+            task = self._shell_task('echo "$RHAPSODY_KIT_VALUE"',
+                                    task_backend_specific_kwargs=self.executable_options(env=env))
+            await session.submit_tasks([task])
+            await session.wait_tasks([task])
+            assert task.state == "DONE", task.exception
+            assert task.stdout.strip() == "forty-two"
+
+        rhapsody_harness.run(body)
+
+    def test_shell(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("executable", "shell")
+
+        async def body(session: Session) -> None:
+            task = ComputeTask(executable="echo abc | tr a-c x-z",
+                               task_backend_specific_kwargs=self.executable_options(shell=True))
+            await session.submit_tasks([task])
+            await session.wait_tasks([task])
+            assert task.state == "DONE", task.exception
+            assert task.stdout.strip() == "xyz"
+
+        rhapsody_harness.run(body)
+
+    def test_mixed_functions_and_executables_in_one_submit(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("function", "executable")
+
+        async def body(session: Session) -> None:
+            tasks = [ComputeTask(function=workloads.square, args=(7,)), self._shell_task("echo 7")]
+            await session.submit_tasks(tasks)
+            await session.wait_tasks(tasks)
+            assert [t.state for t in tasks] == ["DONE", "DONE"], [t.exception for t in tasks]
+            assert tasks[0].return_value == 49
+            assert tasks[1].stdout.strip() == "7"
+
+        rhapsody_harness.run(body)
+
+    # -- timeouts, waiting, cancelling -------------------------------------------------------
+
+    def test_timeout_stops_executable(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("executable", "timeout")
+
+        async def body(session: Session) -> None:
+            task = self._shell_task("sleep 120", timeout=2)
+            await session.submit_tasks([task])
+            await session.wait_tasks([task], timeout=self.task_timeout / 2)
+            assert task.state == "FAILED"
+            assert task.exception is not None
+
+        rhapsody_harness.run(body)
+
+    def test_wait_timeout_says_how_many_finished(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("executable", "cancel_running")
+
+        async def body(session: Session) -> None:
+            quick, slow = self._shell_task("true"), self._shell_task("sleep 120")
+            await session.submit_tasks([quick, slow])
+            await session.wait_tasks([quick])
+            with pytest.raises(TimeoutError, match="1 of 2 tasks"):
+                await session.wait_tasks([quick, slow], timeout=0.5)
+            assert await session.cancel_task(slow)
+
+        rhapsody_harness.run(body)
+
+    def test_cancel_running_executable_kills_process_group(
+        self, rhapsody_harness: ConformanceHarness, tmp_path: pathlib.Path
+    ) -> None:
+        self.require("executable", "cancel_running")
+        pid_file = tmp_path / "child.pid"
+
+        async def body(session: Session) -> None:
+            task = self._shell_task(f"sleep 300 & echo $! > {pid_file}; wait")
+            [future] = await session.submit_tasks([task])
+            child = await _read_pid(pid_file, self.task_timeout / 2)
+            assert await session.cancel_task(task) is True
+            assert task.state == "CANCELED"
+            assert future.cancelled()
+            await _until_gone(child, 15)
+
+        rhapsody_harness.run(body)
+
+    def test_cancel_queued_task_never_starts(
+        self, rhapsody_harness: ConformanceHarness, tmp_path: pathlib.Path
+    ) -> None:
+        self.require("executable", "cancel_queued")
+        marker = tmp_path / "marker"
+
+        async def body(session: Session) -> None:
+            blockers = [self._shell_task("sleep 2") for _ in range(self.queue_fill)]
+            late = self._shell_task(f"touch {marker}")
+            await session.submit_tasks([*blockers, late])
+            assert await session.cancel_task(late) is True
+            assert late.state == "CANCELED"
+            await session.wait_tasks(blockers, timeout=self.task_timeout / 2)
+            await asyncio.sleep(0.5)
+            assert not marker.exists(), "a cancelled queued task ran"
+
+        rhapsody_harness.run(body)
+
+    def test_cancel_by_uid_and_unknown_uid(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("executable", "cancel_running")
+
+        async def body(session: Session) -> None:
+            task = self._shell_task("sleep 120")
+            await session.submit_tasks([task])
+            assert await session.cancel_task(task.uid) is True
+            assert task.state == "CANCELED"
+            with pytest.raises(KeyError, match="no-such-uid"):
+                await session.cancel_task("no-such-uid")
+            assert await session.cancel_task(task) is True  # already cancelled: stays so
+
+        rhapsody_harness.run(body)
+
+    # -- bad input ---------------------------------------------------------------------------
+
+    def test_unknown_backend_option_is_rejected_by_name(self, rhapsody_harness: ConformanceHarness) -> None:
+        async def body(session: Session) -> None:
+            kind = "executable" if "executable" not in self.unsupported else "function"
+            bad = (self._shell_task("true", task_backend_specific_kwargs={"rhapsody_no_such_option": 1})
+                   if kind == "executable" else
+                   ComputeTask(function=workloads.square, args=(1,),
+                               task_backend_specific_kwargs={"rhapsody_no_such_option": 1}))
+            with pytest.raises((ValueError, TypeError), match="rhapsody_no_such_option"):
+                await session.submit_tasks([bad])
+            assert bad.state == "NEW"
+            # the session keeps working
+            good = (self._shell_task("true") if kind == "executable"
+                    else ComputeTask(function=workloads.square, args=(3,)))
+            await session.submit_tasks([good])
+            await session.wait_tasks([good])
+            assert good.state == "DONE", good.exception
+
+        rhapsody_harness.run(body)
+
+    def test_unknown_backend_name_is_rejected_at_submit(self, rhapsody_harness: ConformanceHarness) -> None:
+        async def body(session: Session) -> None:
+            task = ComputeTask(function=workloads.square, args=(2,), backend="no-such-backend")
+            with pytest.raises(ValueError, match="no-such-backend"):
+                await session.submit_tasks([task])
+            assert session.in_flight == 0
+
+        rhapsody_harness.run(body)
+
+    # -- close -------------------------------------------------------------------------------
+
+    def test_close_is_bounded_and_kills_what_runs(self, request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> None:
+        self.require("executable", "close_kills")
+        pid_file = tmp_path / "child.pid"
+        loop = asyncio.new_event_loop()
+
+        async def body() -> None:
+            session = Session(backends=[self.make_backend(request)])
+            async with session:
+                task = self._shell_task(f"sleep 300 & echo $! > {pid_file}; wait")
+                [future] = await session.submit_tasks([task])
+                child = await _read_pid(pid_file, self.task_timeout / 2)
+            assert task.state == "CANCELED"
+            assert future.done()
+            await _until_gone(child, 15)
+            await session.close()  # idempotent
+            with pytest.raises(RuntimeError, match="closed"):
+                await session.submit_tasks([self._shell_task("true")])
+
+        try:
+            loop.run_until_complete(asyncio.wait_for(body(), self.task_timeout))
+        finally:
+            loop.close()
+
+
+async def _read_pid(path: pathlib.Path, timeout: float) -> int:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        text = path.read_text().strip() if path.exists() else ""
+        if text:
+            return int(text)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the task did not start within {timeout} s (no {path})")
+
+
+async def _until_gone(pid: int, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if not _alive(pid):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"process {pid} started by the task is still alive")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    if sys.platform.startswith("linux"):
+        try:  # a zombie waiting for its parent's wait() is gone for our purposes
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().split(") ", 1)[1][0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+    return True
