@@ -51,7 +51,7 @@ class BaseBackend(abc.ABC):
     # -- to implement ------------------------------------------------------------------------
 
     @classmethod
-    def check_available(cls) -> None:  # noqa: B027 - optional override
+    def check_available(cls) -> None:
         """Raise why this backend cannot run here (e.g. the engine's own ``ImportError``).
 
         The default says the backend can always run. ``rhapsody.discover_backends()`` and

@@ -278,7 +278,7 @@ class Session:
             for backend in self._backends.values():
                 try:
                     await asyncio.wait_for(backend.close(), self._close_timeout)
-                except Exception:  # noqa: BLE001 - every backend gets closed, then we re-raise
+                except Exception:  # abandon its tasks before re-raising, so none is lost
                     await self._abandon_inflight(backend)
                     raise
         finally:

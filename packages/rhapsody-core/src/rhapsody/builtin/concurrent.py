@@ -18,8 +18,8 @@ import os
 import shlex
 import signal
 from collections.abc import Sequence
-from functools import partial
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import cloudpickle
@@ -158,7 +158,7 @@ class ConcurrentBackend(BaseBackend):
                 value = task["function"](*task["args"], **task["kwargs"])
                 if inspect.iscoroutine(value):
                     value = asyncio.run(_bounded(value, task["timeout"]))
-            except BaseException as exc:  # noqa: BLE001 - SystemExit in a task must not lose the chunk
+            except BaseException as exc:  # SystemExit in a task must not lose the chunk
                 task["exception"] = exc
                 report([(task, _FAILED)])
             else:
@@ -228,7 +228,7 @@ class ConcurrentBackend(BaseBackend):
             self._drivers.pop(uid, None)
             self.report([(task, _CANCELED)])
             return
-        except Exception as exc:  # noqa: BLE001 - e.g. no such executable or cwd: the task fails
+        except Exception as exc:  # e.g. no such executable or cwd: the task fails
             self._drivers.pop(uid, None)
             task["exception"] = exc
             task["stderr"] = f"{type(exc).__name__}: {exc}"
@@ -347,17 +347,17 @@ def _run_pickled_chunk(payload: bytes) -> bytes:
             if inspect.iscoroutine(value):
                 value = asyncio.run(_bounded(value, timeout))
             results.append((True, value))
-        except BaseException as exc:  # noqa: BLE001 - one task's SystemExit must not lose the chunk
+        except BaseException as exc:  # one task's SystemExit must not lose the chunk
             results.append((False, exc))
     try:
         return cloudpickle.dumps(results)
-    except Exception:  # noqa: BLE001 - fall back item by item so only the bad result fails
+    except Exception:  # fall back item by item so only the bad result fails
         safe = []
         for ok, value in results:
             try:
                 cloudpickle.dumps(value)
                 safe.append((ok, value))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 safe.append((False, RuntimeError(
                     f"the task's {'result' if ok else 'exception'} {value!r} cannot be pickled "
                     f"back from the worker process: {exc}")))

@@ -1,0 +1,42 @@
+"""Test, lint and type-check every distribution in packages/.
+
+`nox` runs every session (what CI runs); `nox -s tests-core` runs one; `nox -l` lists them.
+Each backend session installs its engine from the package registry into its own virtualenv.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = False
+nox.options.error_on_missing_interpreters = True
+
+CORE = "./packages/rhapsody-core"
+
+
+def install_core(session: nox.Session) -> None:
+    session.install("--upgrade", "pip")
+    session.install(f"{CORE}[test]")
+
+
+@nox.session(name="tests-core")
+def tests_core(session: nox.Session) -> None:
+    """The core: tasks, Session, plugins, concurrent/noop backends, conformance kit, CLI, examples."""
+    install_core(session)
+    session.run("pytest", "tests/core", *session.posargs, env={"RHAPSODY_LOAD_PLUGINS": ""})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over every package, the tests, benchmarks and examples."""
+    session.install("ruff")
+    session.run("ruff", "check", "packages", "tests", "benchmarks", "examples", "noxfile.py")
+
+
+@nox.session
+def types(session: nox.Session) -> None:
+    """mypy over the core's public, typed package."""
+    install_core(session)
+    session.install("mypy", "types-PyYAML")
+    session.run("mypy", "packages/rhapsody-core/src/rhapsody")
