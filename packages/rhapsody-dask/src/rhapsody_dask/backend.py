@@ -183,7 +183,10 @@ class DaskBackend(BaseBackend):
                 return
             cluster = self._given_cluster
             if cluster is None:
-                options = {k: v for k, v in self._cluster_options.items() if v is not None}
+                options = dict(self._cluster_options)
+                for unset in ("n_workers", "resources"):
+                    if options.get(unset) is None:
+                        options.pop(unset, None)
                 # The scheduler reads this once, at start: a lost worker fails its tasks at once.
                 with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
                     cluster = distributed.LocalCluster(**options)
@@ -502,12 +505,28 @@ class DaskBackend(BaseBackend):
             if entries and self._client is not None:
                 try:
                     await self._cancel_futures([future for _, future in entries])
+                    running = [f.key for t, f in entries if t["function"] is None]
+                    if running:
+                        await loop.run_in_executor(None, self._drain_runners, running)
                 except Exception:  # noqa: BLE001 - the cluster may already be gone; still close
                     pass
         finally:
             await loop.run_in_executor(None, self._close_engine)
         if self._collector is not None:
             await loop.run_in_executor(None, self._collector.join, self._close_timeout)
+
+    def _drain_runners(self, keys: list[str]) -> None:
+        """Wait (bounded) until cancelled executables have killed their process groups.
+
+        A worker keeps running a cancelled task until its runner notices; closing the cluster
+        before that would orphan the program (it runs in its own session).
+        """
+        deadline = time.monotonic() + _KILL_GRACE_S * 2 + 2
+        while time.monotonic() < deadline:
+            busy = self.client.run(_still_running, keys)
+            if not any(busy.values()):
+                return
+            time.sleep(0.1)
 
     def _close_engine(self) -> None:
         client, cluster = self._client, self._own_cluster
@@ -685,6 +704,13 @@ def run_executable(
         out, err = process.communicate()
         break
     return (process.returncode, out.decode(errors="replace"), err.decode(errors="replace"), stopped)
+
+
+def _still_running(keys: list[str], dask_worker: Any = None) -> list[str]:
+    """Which of ``keys`` a worker is still executing (run through ``Client.run``)."""
+    tasks = dask_worker.state.tasks
+    return [k for k in keys if k in tasks and tasks[k].state in ("executing", "cancelled",
+                                                                  "long-running", "resumed")]
 
 
 def _cancel_probe(key: str) -> Any:

@@ -1,0 +1,33 @@
+"""Fixtures for the rhapsody-dask tests: real Dask clusters (worker processes under nannies)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+# The root conftest loads no installed plugin; these tests use the dask one.
+os.environ["RHAPSODY_LOAD_PLUGINS"] = "dask"
+
+distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed")
+
+
+def _nanny(**options: Any) -> dict[str, Any]:
+    return {"cls": distributed.Nanny, "options": {"nthreads": 1, "dashboard_address": None, **options}}
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster() -> Iterator[Any]:
+    """One plain worker ("cpu") and one advertising GPU=1 ("gpu"), each one thread."""
+    cluster = distributed.SpecCluster(
+        workers={"cpu": _nanny(), "gpu": _nanny(resources={"GPU": 1})},
+        scheduler={"cls": distributed.Scheduler, "options": {"dashboard_address": None}},
+    )
+    try:
+        with distributed.Client(cluster) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield cluster
+    finally:
+        cluster.close(timeout=30)
