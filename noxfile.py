@@ -40,3 +40,11 @@ def types(session: nox.Session) -> None:
     install_core(session)
     session.install("mypy", "types-PyYAML")
     session.run("mypy", "packages/rhapsody-core/src/rhapsody")
+
+
+@nox.session(name="tests-dask")
+def tests_dask(session: nox.Session) -> None:
+    """rhapsody-dask: conformance kit on real LocalClusters, injection, resources, worker loss."""
+    install_core(session)
+    session.install("./packages/rhapsody-dask[test]")
+    session.run("pytest", "tests/dask", *session.posargs, env={"RHAPSODY_LOAD_PLUGINS": "dask"})
