@@ -1,0 +1,7 @@
+"""``python -m rhapsody``: the same as the ``rhapsody`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

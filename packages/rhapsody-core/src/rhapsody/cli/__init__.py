@@ -1,0 +1,144 @@
+"""The ``rhapsody`` command line.
+
+``rhapsody run WORKLOAD`` runs a workload with a live progress bar and a summary; its exit status
+is 0 when every task ended DONE, 1 when any failed or was cancelled, 2 when the workload or the
+backend could not be used. ``rhapsody backends`` lists the backends installed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import BackendUnavailableError
+from ..plugins import discover_backends, get_backend, register_plugin, unregister_plugin
+from ..session import Session
+from .report import RunReport, make_progress
+from .workload import WorkloadError, load_workload
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def _parser() -> argparse.ArgumentParser:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own_version = version("rhapsody-core")
+    except PackageNotFoundError:
+        own_version = "unknown"
+    parser = argparse.ArgumentParser(prog="rhapsody", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"rhapsody {own_version}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a workload (.py with `async def main(session)`, "
+                                          "or a .yaml/.json list of executable tasks)")
+    run.add_argument("workload", type=pathlib.Path)
+    run.add_argument("-b", "--backend", default="concurrent", help="backend name (default: concurrent)")
+    run.add_argument("-o", "--option", dest="options", action="append", type=_option, default=[],
+                     metavar="KEY=VALUE",
+                     help="backend option, repeatable; VALUE is read as JSON when it parses")
+    run.add_argument("--timeout", type=float, default=None,
+                     help="give up (cancel what still runs) after this many seconds")
+    run.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+    listing = commands.add_parser("backends", help="list installed backends and whether they can run here")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rhapsody`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    console = Console(stderr=False)
+    if args.command == "backends":
+        return _list_backends(console, as_json=args.json)
+    return _run(console, args)
+
+
+def _list_backends(console: Console, *, as_json: bool) -> int:
+    found = discover_backends()
+    if as_json:
+        print(json.dumps([
+            {"name": i.name, "distribution": i.distribution, "version": i.version,
+             "available": i.available, "reason": i.reason}
+            for i in found.values()
+        ], indent=2))
+        return 0
+    table = Table(title="rhapsody backends")
+    for column in ("backend", "distribution", "version", "can run here"):
+        table.add_column(column)
+    for info in found.values():
+        status = "[green]yes[/]" if info.available else f"[red]no[/]: {info.reason}"
+        table.add_row(info.name, info.distribution or "?", info.version or "?", status)
+    console.print(table)
+    return 0
+
+
+def _run(console: Console, args: argparse.Namespace) -> int:
+    try:
+        workload = load_workload(args.workload)
+        backend = get_backend(args.backend, **dict(args.options))
+    except (WorkloadError, BackendUnavailableError, TypeError, ValueError) as exc:
+        console.print(f"[red]rhapsody: {exc}[/]")
+        return 2
+    except Exception:
+        console.print(f"[red]rhapsody: loading {args.workload} failed:[/]")
+        console.print(traceback.format_exc())
+        return 2
+    progress = None if args.no_progress or not console.is_terminal else make_progress(console)
+    report = RunReport(progress=progress)
+    register_plugin(report, name="rhapsody-cli-report")
+    status = 0
+    try:
+        if progress is not None:
+            progress.start()
+        try:
+            asyncio.run(_drive(workload, backend, args.timeout))
+        finally:
+            if progress is not None:
+                progress.stop()
+    except TimeoutError as exc:
+        console.print(f"[red]rhapsody: {exc}[/]")
+        status = 1
+    except Exception:
+        console.print("[red]rhapsody: the workload raised:[/]")
+        console.print(traceback.format_exc())
+        status = 2
+    finally:
+        unregister_plugin(report)
+    report.render(console)
+    if status == 0 and not report.ok:
+        status = 1
+    return status
+
+
+async def _drive(workload: Any, backend: Any, timeout: float | None) -> None:
+    async with Session(backends=[backend]) as session:
+        try:
+            await asyncio.wait_for(workload(session), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(
+                f"the workload did not finish within {timeout} s; {session.in_flight} tasks were "
+                "still running and have been cancelled"
+            ) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Workloads the command line runs: a Python file with ``async def main(session)``, or a YAML/JSON
+list of executable tasks for users who write no Python."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import pathlib
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import yaml
+
+from ..session import Session
+from ..task import ComputeTask
+
+Workload = Callable[[Session], Awaitable[Any]]
+
+_TASK_KEYS = frozenset({"executable", "arguments", "uid", "timeout", "cwd", "env", "shell",
+                        "backend", "task_backend_specific_kwargs"})
+
+
+class WorkloadError(Exception):
+    """The workload file cannot be used; the message says where and why."""
+
+
+def load_workload(path: pathlib.Path) -> Workload:
+    """Return the coroutine function that runs the workload in ``path``.
+
+    Raises:
+        WorkloadError: no such file, an unknown suffix, a Python file without
+            ``async def main(session)``, or a task list with a bad entry.
+    """
+    if not path.is_file():
+        raise WorkloadError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".py":
+        return _load_python(path)
+    if suffix in (".yaml", ".yml", ".json"):
+        tasks = _load_task_list(path)
+        return _run_task_list(tasks)
+    raise WorkloadError(f"{path}: a workload is a .py file or a .yaml/.yml/.json task list")
+
+
+def _load_python(path: pathlib.Path) -> Workload:
+    spec = importlib.util.spec_from_file_location(f"rhapsody_workload_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise WorkloadError(f"{path}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    # Registered so that process pools and pickling can find the workload's functions by name.
+    sys.modules[spec.name] = module
+    sys.path.insert(0, str(path.parent.resolve()))
+    spec.loader.exec_module(module)
+    main = getattr(module, "main", None)
+    if main is None or not inspect.iscoroutinefunction(main):
+        raise WorkloadError(f"{path}: define `async def main(session)`; rhapsody calls it with a Session")
+    return main  # type: ignore[no-any-return]
+
+
+def _load_task_list(path: pathlib.Path) -> list[ComputeTask]:
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise WorkloadError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from None
+    if isinstance(data, dict) and "tasks" in data:
+        data = data["tasks"]
+    if not isinstance(data, list) or not data:
+        raise WorkloadError(f"{path}: expected a non-empty list of tasks (or a mapping with 'tasks:')")
+    return [_task_from_entry(path, index, entry) for index, entry in enumerate(data)]
+
+
+def _task_from_entry(path: pathlib.Path, index: int, entry: Any) -> ComputeTask:
+    where = f"{path}: task #{index + 1}"
+    if isinstance(entry, str):
+        entry = {"executable": entry, "shell": True}
+    if not isinstance(entry, dict):
+        raise WorkloadError(f"{where}: expected a mapping or a command string, got {entry!r}")
+    unknown = set(entry) - _TASK_KEYS
+    if unknown:
+        raise WorkloadError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TASK_KEYS)}")
+    if "executable" not in entry:
+        raise WorkloadError(f"{where}: 'executable' is required")
+    options = dict(entry.get("task_backend_specific_kwargs") or {})
+    for key in ("cwd", "env", "shell"):
+        if key in entry:
+            options[key] = entry[key]
+    if isinstance(options.get("env"), dict):
+        options["env"] = {str(k): str(v) for k, v in options["env"].items()}
+    arguments = entry.get("arguments", [])
+    if not isinstance(arguments, list):
+        raise WorkloadError(f"{where}: 'arguments' must be a list")
+    try:
+        return ComputeTask(
+            executable=entry["executable"],
+            arguments=[str(a) for a in arguments],
+            uid=entry.get("uid"),
+            timeout=entry.get("timeout"),
+            backend=entry.get("backend"),
+            task_backend_specific_kwargs=options,
+        )
+    except (TypeError, ValueError) as exc:
+        raise WorkloadError(f"{where}: {exc}") from None
+
+
+def _run_task_list(tasks: list[ComputeTask]) -> Workload:
+    async def main(session: Session) -> None:
+        await session.submit_tasks(tasks)
+        await session.wait_tasks(tasks)
+
+    return main
