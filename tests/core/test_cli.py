@@ -1,0 +1,120 @@
+"""The command line, run as a user runs it: a real `python -m rhapsody` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+
+def rhapsody(*args: str, cwd: pathlib.Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, RHAPSODY_LOAD_PLUGINS="", COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "rhapsody", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env)
+
+
+def test_example_python_workload_runs_and_summarises() -> None:
+    result = rhapsody("run", str(EXAMPLES / "montecarlo_pi.py"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    estimate = float(result.stdout.split("function tasks: ")[1].split()[0])
+    assert abs(estimate - 3.14159) < 0.01
+    assert "rhapsody run summary" in result.stdout
+    assert "240" in result.stdout  # tasks DONE
+
+
+def test_example_task_list_runs() -> None:
+    result = rhapsody("run", str(EXAMPLES / "shell_tasks.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "│    6 │      0 │        0 │" in result.stdout
+
+
+def test_failures_make_exit_status_1_and_are_listed(tmp_path: pathlib.Path) -> None:
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps([
+        {"executable": "/bin/sh", "arguments": ["-c", "echo fine"]},
+        {"executable": "/bin/sh", "arguments": ["-c", "echo disk quota exceeded >&2; exit 4"], "uid": "bad-one"},
+    ]))
+    result = rhapsody("run", str(tasks))
+    assert result.returncode == 1
+    assert "bad-one" in result.stdout
+    assert "disk quota exceeded" in result.stdout
+    assert "failures (1" in result.stdout
+
+
+def test_python_workload_exception_is_shown_with_exit_2(tmp_path: pathlib.Path) -> None:
+    workload = tmp_path / "broken.py"
+    workload.write_text("async def main(session):\n    raise RuntimeError('workflow bug here')\n")
+    result = rhapsody("run", str(workload))
+    assert result.returncode == 2
+    assert "workflow bug here" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("nomain.py", "x = 1\n", "define `async def main(session)`"),
+        ("syncmain.py", "def main(session):\n    pass\n", "define `async def main(session)`"),
+        ("bad.yaml", "tasks:\n  - arguments: [1]\n", "'executable' is required"),
+        ("typo.yaml", "- executable: true\n  argumnets: []\n", "unknown key(s) ['argumnets']"),
+        ("empty.json", "[]", "non-empty list of tasks"),
+        ("broken.json", "[{", "not valid JSON"),
+        ("workload.txt", "echo", "a workload is a .py file"),
+        ("neg.yaml", "- executable: sleep\n  timeout: -1\n", "timeout must be a positive number"),
+    ],
+)
+def test_bad_workloads_are_clear_errors(tmp_path: pathlib.Path, name: str, content: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    result = rhapsody("run", str(path))
+    assert result.returncode == 2
+    assert message in result.stdout.replace("\n", "")
+
+
+def test_missing_workload_file() -> None:
+    result = rhapsody("run", "/no/such/workload.py")
+    assert result.returncode == 2
+    assert "no such file" in result.stdout
+
+
+def test_unknown_backend_and_bad_option(tmp_path: pathlib.Path) -> None:
+    result = rhapsody("run", str(EXAMPLES / "shell_tasks.yaml"), "--backend", "nonesuch")
+    assert result.returncode == 2
+    assert "no backend named 'nonesuch'" in result.stdout
+    result = rhapsody("run", str(EXAMPLES / "shell_tasks.yaml"), "-o", "max_workers=0")
+    assert result.returncode == 2
+    assert "max_workers must be an integer >= 1" in result.stdout
+    result = rhapsody("run", str(EXAMPLES / "shell_tasks.yaml"), "-o", "novalue")
+    assert result.returncode == 2
+    assert "expected KEY=VALUE" in result.stderr
+
+
+def test_timeout_cancels_and_reports(tmp_path: pathlib.Path) -> None:
+    tasks = tmp_path / "slow.yaml"
+    tasks.write_text("- executable: sleep\n  arguments: ['60']\n")
+    result = rhapsody("run", str(tasks), "--timeout", "1", timeout=60)
+    assert result.returncode == 1
+    assert "did not finish within 1.0 s" in result.stdout
+    assert "│    0 │      0 │        1 │" in result.stdout
+
+
+def test_backends_lists_builtins_as_json_and_table() -> None:
+    result = rhapsody("backends", "--json")
+    assert result.returncode == 0
+    listed = {entry["name"]: entry for entry in json.loads(result.stdout)}
+    assert listed["concurrent"]["available"] is True
+    assert listed["noop"]["distribution"] == "rhapsody-core"
+    table = rhapsody("backends")
+    assert "concurrent" in table.stdout and "yes" in table.stdout
+
+
+def test_version() -> None:
+    result = rhapsody("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("rhapsody ")
