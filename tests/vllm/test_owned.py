@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
-from rhapsody import AITask, Session
 from vllm_support import ENGINE_MISSING, LONG, TINY_ENGINE_OPTIONS, run, settle
 
+from rhapsody import AITask, Session
 from rhapsody_vllm import InferenceError, VLLMBackend
 from rhapsody_vllm.server import group_members
 

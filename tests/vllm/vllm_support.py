@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from rhapsody import AITask, Session
 
+
 def _engine_missing() -> str | None:
     for module in ("vllm", "transformers", "tokenizers", "torch"):
         spec = importlib.util.find_spec(module)

@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import httpx
+
 from rhapsody import BaseBackend, Task
 
 from .errors import EngineDiedError, InferenceError
@@ -167,7 +168,7 @@ class VLLMBackend(BaseBackend):
         endpoints = [inference_endpoint] if isinstance(inference_endpoint, str) else list(
             inference_endpoint or ())
         self._endpoints = [normalize_endpoint(url) for url in endpoints]
-        _check_api(api, "VLLMBackend")
+        _check_api(api, "VLLMBackend: api")
         if not isinstance(max_connections, int) or max_connections < 1:
             raise ValueError(f"VLLMBackend: max_connections must be >= 1, got {max_connections!r}")
         _check_timeout(request_timeout, "VLLMBackend: request_timeout")
@@ -450,10 +451,10 @@ class VLLMBackend(BaseBackend):
         try:
             if service.death is not None:
                 raise EngineDiedError(uid, service.base_url, None, service.death)
-            if len(payloads) == 1:
-                requests = self._post(uid, service, path, payloads[0])
-            else:
-                requests = asyncio.gather(*(self._post(uid, service, path, p) for p in payloads))
+            requests: Awaitable[Any] = (
+                self._post(uid, service, path, payloads[0]) if len(payloads) == 1
+                else asyncio.gather(*(self._post(uid, service, path, p) for p in payloads))
+            )
             answer = await (requests if timeout is None else asyncio.wait_for(requests, timeout))
             _fill(task, service, path, [answer] if len(payloads) == 1 else answer)
         except asyncio.CancelledError:
