@@ -48,8 +48,8 @@ class DaskBackend(BaseBackend):
         cluster: an existing Dask cluster object (``LocalCluster``, ``SLURMCluster``,
             ``KubeCluster``, ``LocalCUDACluster``, ...). The backend connects its own client to it
             and closes only that client.
-        client: an existing ``distributed.Client``. Used as is (an asynchronous client gets a
-            companion synchronous client to the same scheduler); never closed by the backend.
+        client: an existing ``distributed.Client`` (synchronous or asynchronous), used as is and
+            never closed by the backend.
         n_workers, threads_per_worker, processes, worker_resources: shape of the ``LocalCluster``
             the backend starts (and closes) when neither ``cluster`` nor ``client`` is given.
             ``worker_resources`` (e.g. ``{"GPU": 1}``) is advertised by every worker.
@@ -151,6 +151,19 @@ class DaskBackend(BaseBackend):
         """Raise ``ImportError`` when ``dask.distributed`` is not installed."""
         import distributed  # noqa: F401
 
+    @classmethod
+    def engine_versions(cls) -> dict[str, str]:
+        """Installed versions of ``dask`` and ``distributed`` (read without importing them)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        found = {}
+        for name in ("dask", "distributed"):
+            try:
+                found[name] = version(name)
+            except PackageNotFoundError:
+                continue
+        return found
+
     @property
     def client(self) -> Client:
         """The ``distributed.Client`` the backend submits through (after initialisation)."""
@@ -171,15 +184,10 @@ class DaskBackend(BaseBackend):
         self._killed_worker = KilledWorker
 
         def connect() -> None:
-            client = self._given_client
-            if client is not None:
-                if client.asynchronous:
-                    # Its calls return coroutines bound to another loop; the collector thread
-                    # needs blocking calls, so it gets a synchronous companion client.
-                    self._client = distributed.Client(client.scheduler.address, set_as_default=False)
-                    self._own_client = True
-                else:
-                    self._client = client
+            if self._given_client is not None:
+                # Also right for an asynchronous client: the backend calls it blocking only from
+                # threads other than its loop's, where Dask runs each call on that loop.
+                self._client = self._given_client
                 return
             cluster = self._given_cluster
             if cluster is None:
