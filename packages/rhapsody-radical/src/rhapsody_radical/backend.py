@@ -1,0 +1,597 @@
+"""``RadicalBackend``: rhapsody tasks as RADICAL-Pilot tasks inside one pilot.
+
+The hot path, top to bottom: :meth:`RadicalBackend.submit_tasks` turns each task into an
+``rp.TaskDescription`` (checked against RP's schema), hands them to RP's TaskManager in one call,
+and RP's state subscriber thread then calls :meth:`_on_task_state` for every state change of every
+task in a state message, followed by :meth:`_on_state_message` once per message: that is where the
+batch collected from the message is handed to the session in one ``report`` call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import itertools
+import logging
+import shlex
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rhapsody import BaseBackend, TaskExecutionError, TaskState
+from rhapsody.task import Task
+
+from . import functions
+from .pilot import ensure_rp_environment, failure_reason, local_path, pilot_description, remove_tree
+
+log = logging.getLogger("rhapsody_radical")
+
+_RUNNING, _DONE, _FAILED, _CANCELED = (TaskState.RUNNING, TaskState.DONE, TaskState.FAILED,
+                                       TaskState.CANCELED)
+
+# task_backend_specific_kwargs keys the backend fills itself from the task's own fields.
+_OWNED_KEYS = {
+    "uid": "the backend names RP tasks itself (rhapsody's uid is kept as the RP task's name)",
+    "name": "the backend sets it to the rhapsody task uid",
+    "mode": "the task kind decides it (executable, or function through Raptor)",
+    "executable": "use ComputeTask(executable=...)",
+    "arguments": "use ComputeTask(arguments=[...])",
+    "function": "use ComputeTask(function=...)",
+    "args": "use ComputeTask(args=(...))",
+    "kwargs": "use ComputeTask(kwargs={...})",
+    "code": "use ComputeTask(function=...)",
+    "command": 'use ComputeTask(executable="a shell line", task_backend_specific_kwargs={"shell": True})',
+    "timeout": "use ComputeTask(timeout=...)",
+    "raptor_id": "the backend routes function tasks to its own Raptor master",
+}
+# rhapsody's portable spellings, and what they become in RP.
+_ALIASES = {"cwd": "sandbox", "env": "environment"}
+# A function runs inside a Raptor worker process: only these RP fields mean anything there.
+_FUNCTION_KEYS = frozenset({"env", "environment", "priority", "metadata", "tags"})
+# How long shutdown lets RP report the cancellation of tasks still running.
+_CANCEL_GRACE = 15.0
+
+
+class RadicalBackend(BaseBackend):
+    """Runs executables (any ``rp.TaskDescription``) and Python functions (via Raptor) in a pilot.
+
+    By default the backend creates an RP session and one pilot on ``resource`` and closes both
+    on shutdown. Pass ``session=`` to create the pilot in your session instead, or ``pilot=`` to
+    run in your (active or starting) pilot; the backend then closes only what it created (its
+    TaskManager, and its pilot in the ``session=`` case).
+
+    Args:
+        resource: RP resource label of the pilot (``local.localhost`` runs on this machine).
+        cores, gpus, nodes: pilot size (``cores`` defaults to this machine's CPU count when
+            neither is given).
+        runtime: pilot wall time in minutes.
+        queue, project, access_schema: batch queue, allocation and access schema of the pilot.
+        pilot_description: any other ``rp.PilotDescription`` fields (``sandbox``,
+            ``prepare_env``, ...).
+        session: an existing ``rp.Session`` (the backend never closes it).
+        pilot: an existing ``rp.Pilot`` (the backend never cancels it).
+        raptor_workers: Raptor workers started for function tasks (0: no Raptor; function
+            tasks are then refused at submit).
+        raptor_cores_per_worker: cores of each Raptor worker.
+        startup_timeout: seconds initialisation waits for the pilot to become active
+            (``None``: no limit, for pilots that wait in a batch queue).
+        session_dir: where RP writes the client-side session directory (default: the current
+            directory); only when the backend creates the session.
+        cleanup: on shutdown, delete what this backend's RP session or pilot wrote: the local
+            session or pilot sandbox and the client session directory.
+        activate_venv: set ``VIRTUAL_ENV`` and ``PATH`` for this venv when they do not point to
+            it (RP needs an activated venv to start its helpers and the pilot agent).
+
+    Raises:
+        ValueError: ``session`` and ``pilot`` together, pilot options together with ``pilot``,
+            or a negative worker count.
+        TypeError: ``session``/``pilot`` are not RP objects (checked at initialisation).
+    """
+
+    name = "radical"
+    task_kinds = frozenset({"function", "executable"})
+
+    def __init__(
+        self,
+        *,
+        resource: str | None = None,
+        cores: int | None = None,
+        gpus: int | None = None,
+        nodes: int | None = None,
+        runtime: int | None = None,
+        queue: str | None = None,
+        project: str | None = None,
+        access_schema: str | None = None,
+        pilot_description: Mapping[str, Any] | None = None,
+        session: Any = None,
+        pilot: Any = None,
+        raptor_workers: int = 1,
+        raptor_cores_per_worker: int = 1,
+        startup_timeout: float | None = 300.0,
+        session_dir: str | None = None,
+        cleanup: bool = False,
+        activate_venv: bool = True,
+    ) -> None:
+        super().__init__()
+        pilot_options = {"resource": resource, "cores": cores, "gpus": gpus, "nodes": nodes,
+                         "runtime": runtime, "queue": queue, "project": project,
+                         "access_schema": access_schema}
+        if pilot is not None:
+            given = [k for k, v in pilot_options.items() if v is not None]
+            if pilot_description:
+                given.append("pilot_description")
+            if session is not None:
+                given.append("session")
+            if given:
+                raise ValueError(
+                    f"radical backend: pilot= runs in an existing pilot; {', '.join(given)} "
+                    "cannot be applied to it"
+                )
+        if session is not None and session_dir is not None:
+            raise ValueError("radical backend: session_dir= only applies to a session the backend creates")
+        for label, count in (("raptor_workers", raptor_workers),
+                             ("raptor_cores_per_worker", raptor_cores_per_worker)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise ValueError(f"radical backend: {label} must be an integer >= 0, got {count!r}")
+        if startup_timeout is not None and not startup_timeout > 0:
+            raise ValueError(f"radical backend: startup_timeout must be > 0 or None, got {startup_timeout!r}")
+        self._pilot_options = pilot_options
+        self._pilot_extra = dict(pilot_description or {})
+        self._given_session = session
+        self._given_pilot = pilot
+        self._raptor_workers = raptor_workers
+        self._raptor_cores = max(1, raptor_cores_per_worker)
+        self._startup_timeout = startup_timeout
+        self._session_dir = session_dir
+        self._cleanup = cleanup
+        self._activate_venv = activate_venv
+
+        self._rp: Any = None
+        self._session: Any = None
+        self._pmgr: Any = None
+        self._pilot: Any = None
+        self._tmgr: Any = None
+        self._owns_session = False
+        self._owns_pilot = False
+        self._raptor: Any = None
+        self._raptor_uids: set[str] = set()
+        self._raptor_failure: str | None = None
+        self._pilot_failure: str | None = None
+        self._td_schema: frozenset[str] = frozenset()
+        self._uid_counter = itertools.count()
+        self._uid_prefix = ""
+
+        # RP uid -> rhapsody task, for every task handed to RP that has not ended.
+        self._tasks: dict[str, Task] = {}
+        self._rp_uid: dict[str, str] = {}  # rhapsody uid -> RP uid
+        self._cancelled: set[str] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._lock = threading.Lock()
+        self._batch: list[tuple[Task, str]] = []
+        self._closing = False
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise ``radical.pilot``'s own ``ImportError`` when it is not installed."""
+        importlib.import_module("radical.pilot")
+
+    @property
+    def pilot(self) -> Any:
+        """The ``rp.Pilot`` the backend runs in (``None`` before initialisation)."""
+        return self._pilot
+
+    @property
+    def session(self) -> Any:
+        """The ``rp.Session`` the backend uses (``None`` before initialisation)."""
+        return self._session
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    async def _initialize(self) -> None:
+        """Create (or attach to) the session and pilot, wait until the pilot is active.
+
+        Raises:
+            ImportError: radical.pilot is not installed.
+            RuntimeError: RP's helper programs cannot be found, or the pilot ended during
+                start-up (the message carries RP's reason: pilot log and sandbox error files).
+            TimeoutError: the pilot was not active within ``startup_timeout`` seconds.
+            ValueError, TypeError: a bad pilot description.
+        """
+        rp = importlib.import_module("radical.pilot")
+        self._rp = rp
+        self._td_schema = frozenset(rp.TaskDescription._schema)
+        if self._given_pilot is not None and not isinstance(self._given_pilot, rp.Pilot):
+            raise TypeError(f"radical backend: pilot= must be an rp.Pilot, got {self._given_pilot!r}")
+        if self._given_session is not None and not isinstance(self._given_session, rp.Session):
+            raise TypeError(f"radical backend: session= must be an rp.Session, got {self._given_session!r}")
+        try:
+            await asyncio.to_thread(self._create)
+            await self._wait_active()
+            if self._raptor_workers:
+                await asyncio.to_thread(self._start_raptor)
+        except BaseException:
+            await asyncio.to_thread(self._teardown)
+            raise
+
+    def _create(self) -> None:
+        rp = self._rp
+        if self._given_pilot is None:
+            options = {k: v for k, v in self._pilot_options.items()}
+            description = pilot_description(
+                resource=options["resource"] or "local.localhost",
+                cores=options["cores"], gpus=options["gpus"], nodes=options["nodes"],
+                runtime=options["runtime"] if options["runtime"] is not None else 60,
+                queue=options["queue"], project=options["project"],
+                access_schema=options["access_schema"], extra=self._pilot_extra, rp=rp,
+            )
+        if self._given_session is None and self._given_pilot is None:
+            ensure_rp_environment(activate_venv=self._activate_venv)
+            cfg = {"base": str(Path(self._session_dir).resolve())} if self._session_dir else None
+            self._session = rp.Session(cfg=cfg) if cfg else rp.Session()
+            self._owns_session = True
+        elif self._given_pilot is not None:
+            self._session = self._given_pilot.session
+        else:
+            self._session = self._given_session
+        if self._given_pilot is None:
+            self._pmgr = rp.PilotManager(session=self._session)
+            self._pilot = self._pmgr.submit_pilots(description)
+            self._owns_pilot = True
+        else:
+            self._pilot = self._given_pilot
+        self._pilot.register_callback(self._on_pilot_state)
+        self._tmgr = rp.TaskManager(session=self._session)
+        self._uid_prefix = f"{self._tmgr.uid}.task."
+        self._tmgr.add_pilots(self._pilot)
+        self._tmgr.register_callback(self._on_task_state)
+        # Subscribed after the TaskManager's own subscriber on the same channel: RP calls the
+        # two in this order for every state message, so this one sees the end of each sweep.
+        self._tmgr.register_subscriber(rp.constants.STATE_PUBSUB, self._on_state_message)
+
+    async def _wait_active(self) -> None:
+        rp = self._rp
+        pilot = self._pilot
+        wanted = {rp.PMGR_ACTIVE, *rp.FINAL}
+        started = time.monotonic()
+        while pilot.state not in wanted:
+            if self._startup_timeout is not None and time.monotonic() - started > self._startup_timeout:
+                reason = failure_reason(pilot)
+                raise TimeoutError(
+                    f"radical backend: pilot {pilot.uid} was not active after "
+                    f"{self._startup_timeout} s (state {pilot.state}).\n{reason}"
+                )
+            await asyncio.sleep(0.1)
+        if pilot.state != rp.PMGR_ACTIVE:
+            # RP writes the sandbox files a moment after it publishes the final state.
+            await asyncio.sleep(0.5)
+            raise RuntimeError(f"radical backend: the pilot failed to start.\n{failure_reason(pilot)}")
+        log.info("pilot %s active after %.1f s", pilot.uid, time.monotonic() - started)
+
+    def _start_raptor(self) -> None:
+        rp = self._rp
+        master = self._tmgr.submit_raptors(
+            [rp.TaskDescription({"mode": rp.RAPTOR_MASTER, "name": "rhapsody-raptor-master"})],
+            pilot_id=self._pilot.uid,
+        )[0]
+        workers = master.submit_workers([
+            rp.TaskDescription({"mode": rp.RAPTOR_WORKER, "ranks": 1,
+                                "cores_per_rank": self._raptor_cores})
+            for _ in range(self._raptor_workers)
+        ])
+        self._raptor = master
+        self._raptor_uids = {master.uid, *(w.uid for w in workers)}
+        # A master or worker that ended before the uids were known is caught here.
+        for item in (master, *workers):
+            if item.state in rp.FINAL:
+                self._raptor_ended(item)
+
+    # -- submit (hot path) -------------------------------------------------------------------
+
+    async def submit_tasks(self, tasks: Sequence[Task]) -> None:
+        """Describe every task to RP, then hand them all over in one call.
+
+        Raises:
+            ValueError: a ``task_backend_specific_kwargs`` key RP's TaskDescription does not have
+                (or one the backend sets itself, or one meaningless for a function task); a
+                function task when Raptor is off.
+            TypeError: a value RP's TaskDescription cannot take (e.g. ``ranks="x"``).
+            RuntimeError: the pilot (or, for function tasks, Raptor) has ended; its reason is
+                in the message.
+        Nothing is submitted when any of these is raised.
+        """
+        if self._pilot_failure is not None:
+            raise RuntimeError(f"radical backend: the pilot has ended, no task can run.\n{self._pilot_failure}")
+        rp = self._rp
+        descriptions = []
+        for task in tasks:
+            if task.kind == "executable":
+                descriptions.append(self._describe_executable(task, rp))
+            else:
+                descriptions.append(self._describe_function(task, rp))
+        counter, prefix = self._uid_counter, self._uid_prefix
+        # Registered before RP sees the tasks: their first state updates can arrive at once.
+        with self._lock:
+            for task, description in zip(tasks, descriptions):
+                uid = description["uid"] = f"{prefix}{next(counter):06d}"
+                self._tasks[uid] = task
+                self._rp_uid[task["uid"]] = uid
+        try:
+            self._tmgr.submit_tasks(descriptions)
+        except BaseException:
+            with self._lock:
+                for task, description in zip(tasks, descriptions):
+                    self._tasks.pop(description["uid"], None)
+                    self._rp_uid.pop(task["uid"], None)
+            raise
+        loop = asyncio.get_running_loop()
+        for task, description in zip(tasks, descriptions):
+            if task["function"] is not None and task["timeout"] is not None:
+                # Raptor has no timeout of its own: the client stops waiting and cancels.
+                self._timers[description["uid"]] = loop.call_later(
+                    task["timeout"], self._expire, description["uid"])
+
+    def _options(self, task: Task, allowed: frozenset[str] | None) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        for key, value in task["task_backend_specific_kwargs"].items():
+            target = _ALIASES.get(key, key)
+            why = _OWNED_KEYS.get(key)
+            if why is not None:
+                raise ValueError(
+                    f"task {task['uid']}: task_backend_specific_kwargs[{key!r}] is set by the "
+                    f"radical backend: {why}"
+                )
+            if target not in self._td_schema and key != "shell":
+                raise ValueError(
+                    f"task {task['uid']}: unknown task_backend_specific_kwargs key {key!r} for the "
+                    "radical backend (it takes cwd, env, shell and the fields of RADICAL-Pilot's "
+                    f"TaskDescription: {', '.join(sorted(self._td_schema - _OWNED_KEYS.keys()))})"
+                )
+            if allowed is not None and key not in allowed:
+                raise ValueError(
+                    f"task {task['uid']}: task_backend_specific_kwargs[{key!r}] does not apply to "
+                    "function tasks, which run inside a Raptor worker (they take: "
+                    f"{', '.join(sorted(allowed))})"
+                )
+            if target in options:
+                raise ValueError(
+                    f"task {task['uid']}: task_backend_specific_kwargs sets {target!r} twice "
+                    f"(as {key!r} and as {target!r})"
+                )
+            options[target] = value
+        return options
+
+    def _verified(self, task: Task, described: dict[str, Any], rp: Any) -> Any:
+        try:
+            return rp.TaskDescription(from_dict=described).verify()
+        except TypeError as exc:
+            raise TypeError(f"task {task['uid']}: RADICAL-Pilot rejects the task: {exc}") from exc
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"task {task['uid']}: RADICAL-Pilot rejects the task: {exc}") from exc
+
+    def _describe_executable(self, task: Task, rp: Any) -> Any:
+        options = self._options(task, None)
+        shell = options.pop("shell", False)
+        if not isinstance(shell, bool):
+            raise TypeError(f"task {task['uid']}: task_backend_specific_kwargs['shell'] must be a bool, got {shell!r}")
+        environment = options.get("environment")
+        if environment is not None and (
+            not isinstance(environment, Mapping)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in environment.items())
+        ):
+            raise TypeError(f"task {task['uid']}: env must map strings to strings, got {environment!r}")
+        if shell:
+            line = " ".join([task["executable"], *map(shlex.quote, task["arguments"])])
+            options["executable"], options["arguments"] = "/bin/sh", ["-c", line]
+        else:
+            options["executable"], options["arguments"] = task["executable"], list(task["arguments"])
+        options["name"] = task["uid"]
+        if task["timeout"] is not None:
+            options["timeout"] = float(task["timeout"])
+        return self._verified(task, options, rp)
+
+    def _describe_function(self, task: Task, rp: Any) -> Any:
+        if self._raptor is None:
+            raise ValueError(
+                f"task {task['uid']}: this radical backend runs no Raptor workers "
+                "(raptor_workers=0), so it cannot run function tasks"
+            )
+        if self._raptor_failure is not None:
+            raise RuntimeError(f"radical backend: Raptor has ended, function tasks cannot run.\n{self._raptor_failure}")
+        options = self._options(task, _FUNCTION_KEYS)
+        try:
+            packed = functions.pack_call(task["function"], task["args"], task["kwargs"])
+        except Exception as exc:
+            raise TypeError(f"task {task['uid']}: the function or its arguments cannot be pickled: {exc}") from exc
+        runner = (functions.run_packed_async if _is_async(task["function"])
+                  else functions.run_packed)
+        options["mode"] = rp.TASK_FUNCTION
+        options["function"] = rp.PythonTask(runner, (packed,), {})
+        options["raptor_id"] = self._raptor.uid
+        options["name"] = task["uid"]
+        return self._verified(task, options, rp)
+
+    # -- completions: RP's state subscriber thread -------------------------------------------
+
+    def _on_task_state(self, rp_task: Any, state: str) -> None:
+        uid = rp_task.uid
+        task = self._tasks.get(uid)
+        if task is None:
+            if uid in self._raptor_uids and state in self._rp.FINAL:
+                self._raptor_ended(rp_task)
+            return
+        if state == "AGENT_EXECUTING":
+            self._batch.append((task, _RUNNING))
+            return
+        if state not in ("DONE", "FAILED", "CANCELED"):
+            return
+        with self._lock:
+            if self._tasks.pop(uid, None) is None:
+                return  # already ended (cancelled on close, timed out, pilot gone)
+            self._rp_uid.pop(task["uid"], None)
+            cancelled = uid in self._cancelled
+            self._cancelled.discard(uid)
+        timer = self._timers.pop(uid, None)
+        if timer is not None:
+            timer.cancel()
+        self._batch.append((task, self._outcome(task, rp_task, state, cancelled)))
+
+    def _on_state_message(self, topic: str, msg: Any) -> None:
+        if self._batch:
+            with self._lock:
+                batch, self._batch = self._batch, []
+            if batch:
+                self.report(batch)
+
+    def _outcome(self, task: Task, rp_task: Any, state: str, cancelled: bool) -> str:
+        is_function = task["function"] is not None
+        task["stdout"] = rp_task.stdout or ""
+        task["stderr"] = rp_task.stderr or ""
+        if not is_function:
+            task["exit_code"] = rp_task.exit_code
+        if state == "CANCELED":
+            if not cancelled and task["timeout"] is not None:
+                task["exception"] = TimeoutError(
+                    f"task {task['uid']} ran longer than its timeout of {task['timeout']} s")
+                return _FAILED
+            return _CANCELED
+        if state == "DONE":
+            if not is_function:
+                return _DONE
+            try:
+                ok, value = functions.unpack_outcome(rp_task.return_value)
+            except Exception as exc:  # noqa: BLE001 - a result we cannot read fails the task
+                task["exception"] = RuntimeError(
+                    f"task {task['uid']}: cannot read the Raptor worker's result: {exc}")
+                return _FAILED
+            if ok:
+                task["return_value"] = value
+                return _DONE
+            task["exception"] = value
+            return _FAILED
+        # FAILED in RP: a non-zero exit keeps the process's own stderr; anything else (never
+        # scheduled, pilot gone, Raptor error) carries RP's reason.
+        reason = _rp_reason(rp_task)
+        if is_function:
+            task["exception"] = RuntimeError(
+                f"RADICAL-Pilot could not run function task {task['uid']}: {reason}")
+        elif rp_task.exit_code is None:
+            task["exception"] = TaskExecutionError(task["uid"], f"RADICAL-Pilot: {reason}", None)
+        return _FAILED
+
+    # -- failures of the pilot and of Raptor -------------------------------------------------
+
+    def _on_pilot_state(self, pilot: Any, state: str) -> None:
+        if state not in self._rp.FINAL or self._closing:
+            return
+        self._pilot_failure = failure_reason(pilot)
+        log.error("radical backend: %s", self._pilot_failure)
+        self._fail_all(lambda task: True, f"the pilot has ended.\n{self._pilot_failure}")
+
+    def _raptor_ended(self, rp_task: Any) -> None:
+        if self._closing or self._raptor_failure is not None:
+            return
+        self._raptor_failure = (
+            f"Raptor {rp_task.uid} ended {rp_task.state}: {_rp_reason(rp_task)}"
+            + (f"\nstderr:\n{rp_task.stderr.strip()[-2000:]}" if rp_task.stderr else ""))
+        log.error("radical backend: %s", self._raptor_failure)
+        self._fail_all(lambda task: task["function"] is not None, self._raptor_failure)
+
+    def _fail_all(self, which: Any, reason: str) -> None:
+        updates = []
+        with self._lock:
+            for uid, task in list(self._tasks.items()):
+                if which(task):
+                    del self._tasks[uid]
+                    self._rp_uid.pop(task["uid"], None)
+                    if task["function"] is not None:
+                        task["exception"] = RuntimeError(f"radical backend: {reason}")
+                    else:
+                        task["exception"] = TaskExecutionError(task["uid"], f"RADICAL-Pilot: {reason}", None)
+                    updates.append((task, _FAILED))
+        if updates:
+            self.report(updates)
+
+    # -- cancel and timeouts -----------------------------------------------------------------
+
+    async def cancel_task(self, task: Task) -> bool:
+        """Ask RP to cancel the task; ``True`` unless it has already ended.
+
+        RP kills a running executable's process group (each RP task runs in its own session).
+        """
+        with self._lock:
+            uid = self._rp_uid.get(task["uid"])
+            if uid is None or uid not in self._tasks:
+                return False
+            self._cancelled.add(uid)
+        self._tmgr.cancel_tasks([uid])
+        return True
+
+    def _expire(self, uid: str) -> None:
+        self._timers.pop(uid, None)
+        with self._lock:
+            task = self._tasks.pop(uid, None)
+            if task is None:
+                return
+            self._rp_uid.pop(task["uid"], None)
+        task["exception"] = TimeoutError(
+            f"task {task['uid']} ran longer than its timeout of {task['timeout']} s")
+        self._tmgr.cancel_tasks([uid])
+        self.report([(task, _FAILED)])
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        """Cancel this backend's unfinished tasks, then close what the backend created.
+
+        Bounded: RP gets ``15 s`` to report the cancellations; closing an RP session takes a few
+        seconds more. Tasks RP did not report by then end ``CANCELED`` through the session.
+        """
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        with self._lock:
+            left = list(self._tasks)
+            self._cancelled.update(left)
+        if left and self._tmgr is not None:
+            self._tmgr.cancel_tasks(left)
+            deadline = time.monotonic() + _CANCEL_GRACE
+            while self._tasks and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        self._closing = True
+        with self._lock:
+            self._tasks.clear()
+            self._rp_uid.clear()
+        await asyncio.to_thread(self._teardown)
+
+    def _teardown(self) -> None:
+        self._closing = True
+        session_dir = Path(self._session.path) if self._owns_session and self._session else None
+        pilot_sandbox = local_path(self._pilot.pilot_sandbox) if self._owns_pilot and self._pilot else None
+        session_sandbox = local_path(self._pilot.session_sandbox) if self._owns_session and self._pilot else None
+        if self._tmgr is not None and not self._owns_session:
+            self._tmgr.close()
+        if self._owns_session and self._session is not None:
+            self._session.close(terminate=True, download=False)
+        elif self._owns_pilot and self._pmgr is not None:
+            self._pmgr.close(terminate=True)
+        if self._cleanup:
+            if self._owns_session:
+                remove_tree(session_sandbox)
+                remove_tree(session_dir)
+            elif self._owns_pilot:
+                remove_tree(pilot_sandbox)
+        self._tmgr = self._pmgr = None
+
+
+def _rp_reason(rp_task: Any) -> str:
+    exception = rp_task.exception or "no exception recorded"
+    detail = (rp_task.exception_detail or "").strip()
+    last = detail.splitlines()[-1] if detail else ""
+    return f"{exception} ({last})" if last and last not in exception else str(exception)
+
+
+def _is_async(function: Any) -> bool:
+    return asyncio.iscoroutinefunction(function) or asyncio.iscoroutinefunction(
+        getattr(function, "__call__", None))

@@ -1,0 +1,165 @@
+"""Pilot start-up: the environment RP needs, the pilot description, and why a pilot failed.
+
+RADICAL-Pilot starts helper programs (``radical-pilot-bridge``, ``radical-pilot-agent_0``) by name
+and picks the pilot's Python from ``$VIRTUAL_ENV``. A venv that is used without being activated
+therefore makes RP fail in ways that surface late or not at all (the client waits forever on a
+pilot whose agent never started), so the backend checks and fixes that before it creates anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+log = logging.getLogger("rhapsody_radical")
+
+_TAIL_LINES = 15
+
+# Keys the backend owns in every pilot description it submits.
+#  exit_on_error=True makes RP interrupt the main thread when the pilot fails, which would tear
+#  down the user's event loop; the backend reports pilot failures itself instead.
+_FORCED_PILOT_KEYS = {"exit_on_error": False}
+
+
+def ensure_rp_environment(*, activate_venv: bool) -> None:
+    """Make RP's helper programs findable, as an activated venv would.
+
+    When this interpreter runs from a venv whose ``bin`` is not on ``PATH`` (or ``VIRTUAL_ENV``
+    names another one), ``activate_venv=True`` sets ``VIRTUAL_ENV`` and prepends the venv's
+    ``bin`` to ``PATH`` in ``os.environ`` (RP's children inherit it).
+
+    Raises:
+        RuntimeError: ``radical-pilot-bridge`` cannot be found on ``PATH`` (after activating,
+            when allowed); the message says how to fix it.
+    """
+    in_venv = sys.prefix != sys.base_prefix
+    venv_bin = str(Path(sys.prefix) / "bin")
+    needs_fix = in_venv and (
+        os.environ.get("VIRTUAL_ENV") != sys.prefix
+        or shutil.which("radical-pilot-bridge") != str(Path(venv_bin) / "radical-pilot-bridge")
+    )
+    if needs_fix and activate_venv and (Path(venv_bin) / "radical-pilot-bridge").exists():
+        log.warning("activating the venv %s for RADICAL-Pilot (VIRTUAL_ENV, PATH)", sys.prefix)
+        os.environ["VIRTUAL_ENV"] = sys.prefix
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+    if shutil.which("radical-pilot-bridge") is None:
+        hint = (f"activate the venv ({venv_bin}/activate)" if in_venv
+                else "put the bin directory of the radical.pilot installation on PATH")
+        raise RuntimeError(
+            "RADICAL-Pilot's helper program radical-pilot-bridge is not on PATH, so no RP session "
+            f"can start: {hint}"
+        )
+    if needs_fix and not activate_venv:
+        raise RuntimeError(
+            f"this Python runs from the venv {sys.prefix}, but VIRTUAL_ENV/PATH do not point to "
+            "it; the pilot agent would start from another Python and never come up. Activate the "
+            "venv, or pass activate_venv=True"
+        )
+
+
+def pilot_description(
+    *,
+    resource: str,
+    cores: int | None,
+    gpus: int | None,
+    nodes: int | None,
+    runtime: int,
+    queue: str | None,
+    project: str | None,
+    access_schema: str | None,
+    extra: Mapping[str, Any],
+    rp: Any,
+) -> Any:
+    """Build and check the ``rp.PilotDescription`` for the backend's own pilot.
+
+    Raises:
+        ValueError: a key of ``extra`` that RP's pilot description does not have, a key the
+            backend owns, or a description RP rejects (its message is kept).
+        TypeError: a value of the wrong type for its key.
+    """
+    schema = rp.PilotDescription._schema
+    for key, value in extra.items():
+        if key not in schema:
+            raise ValueError(
+                f"radical backend: pilot_description has no field {key!r} "
+                f"(RADICAL-Pilot's PilotDescription has: {', '.join(sorted(schema))})"
+            )
+        if key in _FORCED_PILOT_KEYS and value != _FORCED_PILOT_KEYS[key]:
+            raise ValueError(
+                f"radical backend: pilot_description[{key!r}] must stay "
+                f"{_FORCED_PILOT_KEYS[key]!r}: with exit_on_error RP interrupts the main thread "
+                "when the pilot fails; the backend fails its tasks with the pilot's reason instead"
+            )
+    described: dict[str, Any] = {"resource": resource, "runtime": runtime}
+    if nodes is not None:
+        described["nodes"] = nodes
+    elif cores is not None:
+        described["cores"] = cores
+    elif "cores" not in extra and "nodes" not in extra:
+        described["cores"] = os.cpu_count() or 1
+    for key, value in (("gpus", gpus), ("queue", queue), ("project", project),
+                       ("access_schema", access_schema)):
+        if value is not None:
+            described[key] = value
+    for key, value in extra.items():
+        if key in described:
+            raise ValueError(f"radical backend: {key!r} is given both as an option and in pilot_description")
+        described[key] = value
+    described.update(_FORCED_PILOT_KEYS)
+    try:
+        return rp.PilotDescription(from_dict=described).verify()
+    except TypeError as exc:
+        raise TypeError(f"radical backend: bad pilot description: {exc}") from exc
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"radical backend: bad pilot description: {exc}") from exc
+
+
+def local_path(url: Any) -> Path | None:
+    """The local directory behind an RP sandbox URL, or ``None`` when it is on another host."""
+    if not url:
+        return None
+    parsed = urlparse(str(url))
+    if parsed.scheme not in ("", "file") or parsed.hostname not in (None, "", "localhost"):
+        return None
+    return Path(parsed.path)
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-_TAIL_LINES:])
+
+
+def failure_reason(pilot: Any) -> str:
+    """RP's own account of why ``pilot`` ended: its log, stderr, and the sandbox's error files."""
+    parts = [f"pilot {pilot.uid} on {pilot.resource} is {pilot.state}"]
+    for name in ("stderr", "stdout"):
+        text = getattr(pilot, name, None)
+        if text:
+            parts.append(f"pilot {name}:\n" + "\n".join(str(text).strip().splitlines()[-_TAIL_LINES:]))
+    entries = pilot.log or []
+    if entries:
+        parts.append("pilot log: " + "; ".join(str(entry) for entry in entries[-5:]))
+    sandbox = local_path(pilot.pilot_sandbox)
+    if sandbox is not None:
+        for name in ("bootstrap_0.err", "agent_0.err", "bootstrap_0.out"):
+            tail = _tail(sandbox / name)
+            if tail:
+                parts.append(f"{sandbox / name}:\n{tail}")
+    elif pilot.pilot_sandbox:
+        parts.append(f"see the pilot sandbox {pilot.pilot_sandbox}")
+    return "\n".join(parts)
+
+
+def remove_tree(path: Path | None) -> None:
+    """Delete a sandbox directory; a missing one is fine."""
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
