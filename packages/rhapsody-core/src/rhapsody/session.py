@@ -139,34 +139,46 @@ class Session:
             raise SessionClosedError("cannot submit to a closed session")
         tasks = tasks if isinstance(tasks, list) else list(tasks)
         inflight = self._inflight
+        by_kind = self._by_kind
         validate = self._validate
-        groups: dict[BaseBackend, list[Task]] = {}
-        for task in tasks:
-            if not isinstance(task, Task):
-                raise TypeError(f"submit_tasks takes tasks, got {type(task).__name__}: {task!r}")
-            if task._future is not None or task["uid"] in inflight:
-                raise ValueError(f"task {task['uid']} has already been submitted; make a new task")
-            backend = self._route(task)
-            if validate is not None:
-                validate(task=task, backend=backend)
-            group = groups.get(backend)
-            if group is None:
-                groups[backend] = [task]
-            else:
-                group.append(task)
-        if len({t["uid"] for t in tasks}) != len(tasks):
-            raise ValueError("submit_tasks: two tasks in one call share a uid")
-
         create_future = self._loop.create_future  # type: ignore[union-attr]
         set_future = object.__setattr__
+        groups: dict[BaseBackend, list[Task]] = {}
+        # One pass checks, routes and registers each task; any error undoes the whole call.
+        try:
+            for task in tasks:
+                if not isinstance(task, Task):
+                    raise TypeError(f"submit_tasks takes tasks, got {type(task).__name__}: {task!r}")
+                uid = task["uid"]
+                if task._future is not None:
+                    raise ValueError(f"task {uid} has already been submitted; make a new task")
+                if uid in inflight:
+                    raise ValueError(f"task uid {uid!r} is already used by another task in flight")
+                backend = by_kind.get(task.kind) if task["backend"] is None else None
+                if backend is None:
+                    backend = self._route(task)
+                if validate is not None:
+                    validate(task=task, backend=backend)
+                set_future(task, "_future", create_future())
+                inflight[uid] = task
+                group = groups.get(backend)
+                if group is None:
+                    groups[backend] = [task]
+                else:
+                    group.append(task)
+        except BaseException:
+            for group in groups.values():
+                for task in group:
+                    inflight.pop(task["uid"], None)
+                    set_future(task, "_future", None)
+            raise
+
         submitted = TaskState.SUBMITTED
         for backend, group in groups.items():
             name = backend.name
             for task in group:
-                set_future(task, "_future", create_future())
                 task["backend"] = name
                 task["state"] = submitted
-                inflight[task["uid"]] = task
             try:
                 await backend.submit_tasks(group)
             except BaseException:

@@ -132,6 +132,14 @@ def _check_backend_kwargs(owner: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
+_COMPUTE_FIELDS: dict[str, Any] = {
+    "uid": None, "backend": None, "state": TaskState.NEW, "function": None, "executable": None,
+    "args": (), "kwargs": None, "arguments": None, "timeout": None,
+    "task_backend_specific_kwargs": None, "return_value": None, "exception": None,
+    "stdout": None, "stderr": None, "exit_code": None,
+}
+
+
 class ComputeTask(Task):
     """A Python function (sync or ``async``) or an executable to run on a backend.
 
@@ -204,29 +212,26 @@ class ComputeTask(Task):
                     "arguments as args=(...) and kwargs={...}"
                 )
             arguments = []
-        if timeout is not None and not (
-            isinstance(timeout, (int, float)) and timeout > 0 and math.isfinite(timeout)
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not (isinstance(timeout, (int, float)) and timeout > 0 and math.isfinite(timeout))
         ):
             raise ValueError(f"ComputeTask: timeout must be a positive number of seconds, got {timeout!r}")
+        # Copying a template and overriding a few keys is the cheapest way to build the dict;
+        # task creation is on the hot path of workflows that stream millions of tasks.
         dict.__init__(
             self,
+            _COMPUTE_FIELDS,
             uid=uid if uid is not None else f"{_uid_prefix}{next(_uid_counter)}",
             backend=backend,
-            state=TaskState.NEW,
             function=function,
             executable=executable,
-            args=tuple(args),
+            args=args if type(args) is tuple else tuple(args),
             kwargs=dict(kwargs) if kwargs else {},
             arguments=arguments,
             timeout=timeout,
-            task_backend_specific_kwargs=_check_backend_kwargs(
-                "ComputeTask", task_backend_specific_kwargs
-            ),
-            return_value=None,
-            exception=None,
-            stdout=None,
-            stderr=None,
-            exit_code=None,
+            task_backend_specific_kwargs={} if task_backend_specific_kwargs is None
+            else _check_backend_kwargs("ComputeTask", task_backend_specific_kwargs),
         )
         object.__setattr__(self, "_future", None)
 
@@ -292,7 +297,9 @@ class AITask(Task):
         if removed:
             _reject_unknown(type(self), removed)
         prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, list) or not prompts:
+        if not isinstance(prompts, list):
+            raise TypeError(f"AITask: prompt must be a string or a list of strings, got {prompt!r}")
+        if not prompts:
             raise ValueError("AITask: prompt must be a non-empty string or a non-empty list of strings")
         for text in prompts:
             if not isinstance(text, str):
@@ -301,13 +308,12 @@ class AITask(Task):
                 raise ValueError("AITask: prompt must not be empty")
         _check_range("temperature", temperature, 0.0, 2.0)
         _check_range("top_p", top_p, 0.0, 1.0, low_open=True)
-        if max_tokens is not None and (
-            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-        ):
+        for name, value in (("max_tokens", max_tokens), ("top_k", top_k)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"AITask: {name} must be an integer, got {value!r}")
+        if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"AITask: max_tokens must be an integer >= 1, got {max_tokens!r}")
-        if top_k is not None and (
-            isinstance(top_k, bool) or not isinstance(top_k, int) or (top_k < 1 and top_k != -1)
-        ):
+        if top_k is not None and top_k < 1 and top_k != -1:
             raise ValueError(f"AITask: top_k must be an integer >= 1 (or -1 for all), got {top_k!r}")
         if stop is not None:
             stops = [stop] if isinstance(stop, str) else stop
