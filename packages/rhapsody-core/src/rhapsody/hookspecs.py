@@ -1,3 +1,4 @@
+# mypy: disable-error-code="empty-body"
 """The plugin contract: every hook a rhapsody plugin may implement.
 
 A plugin is a module (or object) whose functions are decorated with :data:`rhapsody.hookimpl` and

@@ -130,7 +130,7 @@ def _backend_classes() -> tuple[dict[str, BackendInfo], dict[str, str]]:
     for impl in pm.hook.rhapsody_register_backends.get_hookimpls():
         dist, version = _plugin_dists.get(impl.plugin_name, (None, None))
         try:
-            classes = list(impl.function())
+            classes: list[Any] = list(impl.function())  # type: ignore[call-overload]
         except Exception as exc:
             found.setdefault(impl.plugin_name, BackendInfo(
                 impl.plugin_name, None, dist, version, False,

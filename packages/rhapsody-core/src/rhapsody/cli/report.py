@@ -13,6 +13,7 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
@@ -44,7 +45,7 @@ class RunReport:
     failures: list[Failure] = field(default_factory=list)
     failure_count: int = 0
     started: float = field(default_factory=time.monotonic)
-    _progress_id: int | None = None
+    _progress_id: TaskID | None = None
     _submit_times: dict[str, float] = field(default_factory=dict)
     _slowest: list[tuple[float, str]] = field(default_factory=list)
 
