@@ -319,10 +319,10 @@ class AITask(Task):
             stops = [stop] if isinstance(stop, str) else stop
             if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
                 raise TypeError(f"AITask: stop must be a non-empty string or list of them, got {stop!r}")
-        for name, value in (("model", model), ("system_prompt", system_prompt),
-                            ("inference_endpoint", inference_endpoint)):
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"AITask: {name} must be a string, got {value!r}")
+        for label, given in (("model", model), ("system_prompt", system_prompt),
+                             ("inference_endpoint", inference_endpoint)):
+            if given is not None and not isinstance(given, str):
+                raise TypeError(f"AITask: {label} must be a string, got {given!r}")
         dict.__init__(
             self,
             uid=uid if uid is not None else f"{_uid_prefix}{next(_uid_counter)}",
