@@ -1,0 +1,511 @@
+"""``DragonBackend``: rhapsody tasks streamed through one always-running ``dragon.workflows.batch.Batch``.
+
+The hot path reads top to bottom in this file: :meth:`DragonBackend.submit_tasks` hands each task
+to the Batch and records it; the monitor thread (:meth:`DragonBackend._monitor`) takes the tuids
+Batch reports complete, pops each result from the Batch's results DDict (one round trip that reads
+and frees it), and hands the whole sweep to the session with one :meth:`report` call.
+
+Must run inside a Dragon runtime: start the program with the ``dragon`` launcher
+(``dragon my_workflow.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import math
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rhapsody import BaseBackend, Task
+
+from .runner import TIMED_OUT
+from .templates import ProcessSpec, build_templates, check_options, find_program
+
+_DONE = "DONE"
+_FAILED = "FAILED"
+_CANCELED = "CANCELED"
+
+
+def _run_coroutine_function(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Runs an ``async def`` task on a Dragon worker, which only calls plain functions."""
+    return asyncio.run(function(*args, **kwargs))
+
+
+class _Entry:
+    """What the monitor needs about one in-flight task; dropped when the task ends."""
+
+    __slots__ = ("task", "handle", "stdout_path", "stderr_path", "pid_path")
+
+    def __init__(self, task: Task, handle: Any, stdout_path: Path | None = None,
+                 stderr_path: Path | None = None, pid_path: Path | None = None) -> None:
+        self.task = task
+        self.handle = handle
+        self.stdout_path = stdout_path
+        self.stderr_path = stderr_path
+        self.pid_path = pid_path
+
+
+class DragonBackend(BaseBackend):
+    """Runs functions (sync and ``async``), executables and MPI jobs on a Dragon ``Batch``.
+
+    The Batch starts when the backend is awaited and stays up until ``close()``: tasks stream
+    into it as they are submitted, with no compile or start step.
+
+    Executables run as Dragon processes. ``task_backend_specific_kwargs`` may hold:
+
+    - ``process_template``: a dict of :class:`dragon.native.process.ProcessTemplate` options
+      for the task's process: ``cwd``, ``env``, ``policy``, ``options``. A task's working
+      directory can only be set this way (there is no top-level ``cwd``).
+    - ``process_templates``: ``[(nranks, {...}), ...]`` for a (MPI) job of several process
+      groups, each dict as above; the task's executable and arguments run in every rank.
+    - ``shell``: ``True`` runs ``executable`` (with ``arguments`` quoted onto it) through
+      ``/bin/sh -c``.
+
+    Function tasks take no options (they run in Batch's worker processes).
+
+    Args:
+        num_nodes: nodes for the Batch (``None``: let Dragon decide, i.e. all of them).
+        pool_nodes: nodes per worker pool, passed to ``Batch`` (Dragon 0.15 always uses 1).
+        workers_per_node: worker processes per node (``None``: Dragon's default, one per
+            physical core).
+        output_dir: where executables' stdout/stderr files are written and read back; it must
+            be visible from every node. ``None``: a temporary directory, removed on close.
+        disable_telemetry: passed to ``Batch(disable_telem=...)``.
+        shutdown_timeout: seconds ``close()`` waits for Dragon before forcing it down.
+
+    Raises:
+        ValueError: a count below 1 or a non-positive ``shutdown_timeout``.
+    """
+
+    name = "dragon"
+    task_kinds = frozenset({"function", "executable"})
+
+    def __init__(
+        self,
+        *,
+        num_nodes: int | None = None,
+        pool_nodes: int | None = None,
+        workers_per_node: int | None = None,
+        output_dir: str | Path | None = None,
+        disable_telemetry: bool = False,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        super().__init__()
+        for label, value in (("num_nodes", num_nodes), ("pool_nodes", pool_nodes),
+                             ("workers_per_node", workers_per_node)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"dragon: {label} must be an integer >= 1 or None, got {value!r}")
+        if not (isinstance(shutdown_timeout, (int, float)) and shutdown_timeout > 0
+                and math.isfinite(shutdown_timeout)):
+            raise ValueError(f"dragon: shutdown_timeout must be a positive number, got {shutdown_timeout!r}")
+        self._num_nodes = num_nodes
+        self._pool_nodes = pool_nodes
+        self._workers_per_node = workers_per_node
+        self._output_dir_option = Path(output_dir) if output_dir is not None else None
+        self._disable_telemetry = disable_telemetry
+        self._shutdown_timeout = float(shutdown_timeout)
+
+        self._batch: Any = None
+        self._plain_submitter: Any = None
+        self._output_dir: Path | None = None
+        self._own_output_dir = False
+        self._cores_per_node = 1
+        self._node_count = 1
+        self._hostnames: frozenset[str] = frozenset()
+        self._ddicts: list[Any] = []
+
+        # tuid -> entry, and rhapsody uid -> tuid, for the tasks Dragon still holds.
+        self._registry: dict[str, _Entry] = {}
+        self._tuid_of: dict[str, str] = {}
+        # tuids whose cancellation Dragon accepted; each leaves once its completion is handled.
+        self._cancelled: set[str] = set()
+        # Held while a submit registers tasks and while the monitor takes entries, so the monitor
+        # never sees a tuid before its entry exists.
+        self._lock = threading.Lock()
+        self._monitor_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._broken: BaseException | None = None
+        self._file_counter = itertools.count()
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise Dragon's own ``ImportError`` when ``dragonhpc[batch]`` is not installed."""
+        import dragon.workflows.batch  # noqa: F401
+
+    async def _initialize(self) -> None:
+        """Start the Batch (seconds: Dragon starts its managers, workers and results DDict).
+
+        Raises:
+            ImportError: dragonhpc is not installed.
+            RuntimeError: not running under the ``dragon`` launcher.
+        """
+        self.check_available()
+        _require_dragon_runtime()
+        self._batch = await asyncio.to_thread(self._start_batch)
+        if self._output_dir_option is None:
+            self._output_dir = Path(tempfile.mkdtemp(prefix="rhapsody-dragon-"))
+            self._own_output_dir = True
+        else:
+            self._output_dir = self._output_dir_option
+            self._output_dir.mkdir(parents=True, exist_ok=True)
+
+    def _start_batch(self) -> Any:
+        from dragon.workflows.batch import Batch
+
+        options: dict[str, Any] = {"num_nodes": self._num_nodes, "pool_nodes": self._pool_nodes,
+                                   "disable_telem": self._disable_telemetry}
+        if self._workers_per_node is not None:
+            options["workers_per_node"] = self._workers_per_node
+        batch = Batch(**options)
+        try:
+            topology = batch.topology()
+            self._node_count = topology.total_nodes
+            self._hostnames = frozenset(h for pool in topology.pool_hostnames for h in pool)
+            # Jobs wider than one node's physical cores become multi-node jobs in Batch.
+            self._cores_per_node = int(getattr(batch, "_physical_cores_per_node",
+                                               topology.workers_per_pool[0]))
+            self._plain_submitter = batch.options()
+        except BaseException:
+            batch.terminate(timeout=5.0)
+            raise
+        return batch
+
+    async def _shutdown(self) -> None:
+        """Stop the monitor, then join the Batch (or terminate it when tasks still run)."""
+        self._stopping.set()
+        monitor = self._monitor_thread
+        if monitor is not None:
+            await asyncio.to_thread(monitor.join, self._shutdown_timeout)
+        try:
+            if self._batch is not None:
+                await asyncio.to_thread(self._stop_batch)
+        finally:
+            with self._lock:
+                self._registry.clear()
+                self._tuid_of.clear()
+                self._cancelled.clear()
+            if self._own_output_dir and self._output_dir is not None:
+                shutil.rmtree(self._output_dir, ignore_errors=True)
+
+    def _stop_batch(self) -> None:
+        batch, self._batch = self._batch, None
+        for ddict in self._ddicts:
+            try:
+                ddict.destroy()
+            except Exception:  # noqa: BLE001 - already destroyed by its user, or runtime gone
+                pass
+        self._ddicts.clear()
+        if self._registry or self._broken is not None:
+            # join() would wait for every running task; close must be bounded.
+            for entry in list(self._registry.values()):
+                _kill_group(entry)
+            batch.terminate(timeout=min(5.0, self._shutdown_timeout))
+            return
+        try:
+            batch.join(timeout=self._shutdown_timeout)
+        except BaseException:
+            batch.terminate(timeout=min(5.0, self._shutdown_timeout))
+            raise
+
+    # -- submit ------------------------------------------------------------------------------
+
+    async def submit_tasks(self, tasks: Sequence[Task]) -> None:
+        """Hand every task to the Batch; returns once they are queued there.
+
+        Raises:
+            ValueError, TypeError: a task's ``task_backend_specific_kwargs`` has a key this
+                backend does not take (named in the message) or a value of the wrong type;
+                nothing of this call is submitted then.
+            RuntimeError: the backend is not started, or Dragon failed earlier.
+        """
+        batch = self._batch
+        if batch is None:
+            raise RuntimeError("dragon: the backend is not started (await it) or has been closed")
+        if self._broken is not None:
+            raise RuntimeError(f"dragon: the Batch failed earlier: {self._broken!r}") from self._broken
+        # Everything is checked before anything is handed to Dragon.
+        specs: list[ProcessSpec | None] = []
+        for task in tasks:
+            if task["function"] is not None:
+                if task["task_backend_specific_kwargs"]:
+                    check_options(task, function=True)
+                specs.append(None)
+            else:
+                specs.append(check_options(task, function=False))
+
+        unplaceable: list[tuple[Task, str]] = []
+        with self._lock:
+            registry = self._registry
+            tuid_of = self._tuid_of
+            plain = self._plain_submitter
+            for task, spec in zip(tasks, specs):
+                timeout = task["timeout"]
+                if spec is None:
+                    function = task["function"]
+                    submitter = plain if timeout is None else batch.options(timeout=timeout)
+                    if inspect.iscoroutinefunction(function):
+                        handle = submitter.function(_run_coroutine_function, function,
+                                                    task["args"], task["kwargs"])
+                    else:
+                        handle = submitter.function(function, *task["args"], **task["kwargs"])
+                    registry[handle.uid] = _Entry(task, handle)
+                    tuid_of[task["uid"]] = handle.uid
+                    continue
+                problem = self._placement_problem(spec)
+                if problem:
+                    unplaceable.append((task, problem))
+                    continue
+                base = self._output_dir / str(next(self._file_counter))  # type: ignore[operator]
+                pid = None if spec.job else base.with_suffix(".pid")
+                try:
+                    find_program(task, spec)
+                    templates = build_templates(task, spec, pid_file=pid)
+                except Exception as exc:  # noqa: BLE001 - the task fails, the others go on
+                    task["exception"] = exc
+                    unplaceable.append((task, ""))
+                    continue
+                out, err = base.with_suffix(".out"), base.with_suffix(".err")
+                if spec.job:
+                    # Rank processes are Dragon's own: its walltime is the only timeout they get.
+                    handle = batch.options(stdout=str(out), stderr=str(err),
+                                           timeout=timeout if timeout is not None else 1e9).job(templates)
+                else:
+                    # The runner enforces the timeout and kills the program's process group.
+                    handle = batch.options(stdout=str(out), stderr=str(err)).process(templates[0][1])
+                registry[handle.uid] = _Entry(task, handle, out, err, pid)
+                tuid_of[task["uid"]] = handle.uid
+        if self._monitor_thread is None:
+            self._monitor_thread = threading.Thread(target=self._monitor, name="rhapsody-dragon-monitor",
+                                                    daemon=True)
+            self._monitor_thread.start()
+        if unplaceable:
+            for task, problem in unplaceable:
+                if problem:
+                    task["exception"] = RuntimeError(f"dragon: task {task['uid']} cannot be placed: {problem}")
+            self.report([(task, _FAILED) for task, _ in unplaceable])
+
+    def _placement_problem(self, spec: ProcessSpec) -> str:
+        ranks = spec.ranks
+        if ranks > self._cores_per_node:
+            needed = -(-ranks // self._cores_per_node)
+            if needed > self._node_count:
+                return (f"{ranks} ranks need {needed} nodes of {self._cores_per_node} cores, "
+                        f"and the Batch has {self._node_count} node(s)")
+        outside = spec.hostnames - self._hostnames
+        if outside:
+            return f"policy names host(s) {sorted(outside)} outside the Batch's {sorted(self._hostnames)}"
+        return ""
+
+    # -- the monitor -------------------------------------------------------------------------
+
+    def _monitor(self) -> None:
+        batch = self._batch
+        poll = batch.poll
+        results = batch.results_ddict
+        results_lock = batch._results_ddict_lock
+        lock = self._lock
+        registry_pop = self._registry.pop
+        tuid_of_pop = self._tuid_of.pop
+        cancelled = self._cancelled
+        forget_task = getattr(batch, "_task_log_tasks", {}).pop
+        stopping = self._stopping
+        from dragon.workflows.batch import TaskCancelledError
+
+        try:
+            while not stopping.is_set():
+                tuid = poll(0.1)
+                if tuid is None:
+                    continue
+                ready = [tuid]
+                while (tuid := poll(0)) is not None:
+                    ready.append(tuid)
+                with lock:
+                    entries = [registry_pop(tuid, None) for tuid in ready]
+                    for entry in entries:
+                        if entry is not None:
+                            tuid_of_pop(entry.task["uid"], None)
+                updates = []
+                # The results DDict client is shared with Batch's own Task.get(): hold its lock and
+                # aim each pop at the shard the task's result was written to.
+                with results_lock:
+                    chosen = results._chosen_manager
+                    try:
+                        for tuid, entry in zip(ready, entries):
+                            if entry is None:
+                                continue
+                            results._chosen_manager = entry.handle.core.result_ddict_idx
+                            value, _traceback, raised = results.pop(tuid)
+                            forget_task(tuid, None)
+                            updates.append(self._finish(entry, value, raised, tuid, cancelled,
+                                                        TaskCancelledError))
+                    finally:
+                        results._chosen_manager = chosen
+                if updates:
+                    self.report(updates)
+        except BaseException as exc:  # noqa: BLE001 - every task still held must end, never hang
+            self._broken = exc
+            with lock:
+                left = list(self._registry.values())
+                self._registry.clear()
+                self._tuid_of.clear()
+                cancelled.clear()
+            for entry in left:
+                entry.task["exception"] = RuntimeError(f"dragon: the Batch failed: {exc!r}")
+            if left:
+                self.report([(entry.task, _FAILED) for entry in left])
+
+    @staticmethod
+    def _finish(entry: _Entry, value: Any, raised: bool, tuid: str, cancelled: set[str],
+                cancelled_error: type[BaseException]) -> tuple[Task, str]:
+        task = entry.task
+        if tuid in cancelled or (raised and isinstance(value, cancelled_error)):
+            cancelled.discard(tuid)
+            _drop_output(entry)
+            return task, _CANCELED
+        if raised:
+            task["exception"] = value if isinstance(value, BaseException) else RuntimeError(str(value))
+            if entry.stdout_path is not None:
+                _collect_output(task, entry)
+                _drop_pid(entry)
+            return task, _FAILED
+        if entry.stdout_path is None:
+            task["return_value"] = value
+            return task, _DONE
+        # A process returns its exit code, a job one per rank: the first failing rank's counts.
+        code = value if isinstance(value, int) else next((c for c in value if c), 0)
+        task["exit_code"] = code
+        _collect_output(task, entry)
+        if code == 0:
+            _drop_pid(entry)
+            return task, _DONE
+        if code == TIMED_OUT and _timed_out(entry):
+            task["exception"] = TimeoutError(
+                f"task {task['uid']} exceeded its timeout of {task['timeout']} s; its process group was killed"
+            )
+        _drop_pid(entry)
+        return task, _FAILED
+
+    # -- cancel, fence, DDicts ---------------------------------------------------------------
+
+    async def cancel_task(self, task: Task) -> bool:
+        """Ask Dragon to cancel ``task``; ``True`` when it accepted (the task ends ``CANCELED``).
+
+        A queued task never starts; a running one is stopped by its worker.
+        """
+        tuid = self._tuid_of.get(task["uid"])
+        entry = self._registry.get(tuid) if tuid is not None else None
+        if entry is None:
+            return False
+        self._cancelled.add(tuid)  # type: ignore[arg-type]
+        # Dragon cannot stop a running process whose children live on: kill its group first.
+        _kill_group(entry)
+        try:
+            accepted = bool(await asyncio.to_thread(entry.handle.cancel, self._shutdown_timeout))
+        except BaseException:
+            self._cancelled.discard(tuid)  # type: ignore[arg-type]
+            raise
+        if not accepted:
+            self._cancelled.discard(tuid)  # type: ignore[arg-type]
+        return accepted
+
+    async def fence(self, timeout: float | None = None) -> None:
+        """Wait until Dragon has run every task this backend submitted so far.
+
+        Raises:
+            RuntimeError: the backend is not started.
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        batch = self._batch
+        if batch is None:
+            raise RuntimeError("dragon: the backend is not started (await it) or has been closed")
+        bound = 1e9 if timeout is None else timeout
+        try:
+            await asyncio.wait_for(asyncio.to_thread(batch.fence, bound), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"dragon: fence did not complete within {timeout} s") from None
+
+    async def create_ddict(self, *, managers_per_node: int = 1, n_nodes: int = 1,
+                           total_mem: int = 64 * 1024**2, **options: Any) -> Any:
+        """Create a Dragon distributed dictionary (``dragon.data.DDict``) for tasks to share.
+
+        ``options`` go to ``DDict`` unchanged (e.g. ``wait_for_keys``, ``working_set_size``).
+        The backend destroys the DDict when it closes, if its user has not already.
+
+        Raises:
+            RuntimeError: the backend is not started.
+            TypeError, ValueError, DDictError: what ``DDict`` raises for bad options.
+        """
+        if self._batch is None:
+            raise RuntimeError("dragon: the backend is not started (await it) or has been closed")
+        from dragon.data.ddict.ddict import DDict
+
+        ddict = await asyncio.to_thread(DDict, managers_per_node, n_nodes, total_mem, **options)
+        self._ddicts.append(ddict)
+        return ddict
+
+
+def _kill_group(entry: _Entry) -> None:
+    # The runner writes its program's process group id once the program has started (same
+    # node only: on other nodes the pid file is not readable here or names another process).
+    if entry.pid_path is None:
+        return
+    try:
+        pgid = int(entry.pid_path.read_text())
+        os.killpg(pgid, signal.SIGKILL)
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        pass
+
+
+def _timed_out(entry: _Entry) -> bool:
+    return entry.pid_path is not None and entry.pid_path.with_suffix(".pid.timeout").exists()
+
+
+def _drop_pid(entry: _Entry) -> None:
+    if entry.pid_path is not None:
+        entry.pid_path.unlink(missing_ok=True)
+        entry.pid_path.with_suffix(".pid.timeout").unlink(missing_ok=True)
+
+
+def _collect_output(task: Task, entry: _Entry) -> None:
+    task["stdout"] = _read_and_remove(entry.stdout_path)
+    task["stderr"] = _read_and_remove(entry.stderr_path)
+
+
+def _drop_output(entry: _Entry) -> None:
+    if entry.stdout_path is not None:
+        entry.stdout_path.unlink(missing_ok=True)
+        entry.stderr_path.unlink(missing_ok=True)  # type: ignore[union-attr]
+    _drop_pid(entry)
+
+
+def _read_and_remove(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    path.unlink(missing_ok=True)
+    return text
+
+
+def _require_dragon_runtime() -> None:
+    from dragon.infrastructure.parameters import this_process
+
+    # Only a process started by the launcher knows where Global Services listens; without it
+    # Batch() fails obscurely.
+    if not this_process.gs_qd:
+        raise RuntimeError(
+            "dragon: no Dragon runtime here; start the program with the dragon launcher "
+            "(`dragon my_workflow.py`)"
+        )

@@ -1,0 +1,58 @@
+"""Run one command under the ``dragon`` launcher and always clean up after it.
+
+``python tests/dragon/dragon_run.py TIMEOUT_S PROGRAM [ARGS...]``: starts ``dragon PROGRAM ARGS``
+(the ``dragon`` next to this Python) in a process group of its own, waits at most TIMEOUT_S, then
+kills whatever is left of that group and removes the shared-memory pools the run created in
+/dev/shm. A Dragon program that dies or hangs otherwise leaves processes and gigabytes of pools
+behind. (``dragon-cleanup`` is not used: it removes every /dev/shm file of the user.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHM = Path("/dev/shm")
+
+
+def _dragon_pools() -> set[str]:
+    # Dragon names its pools D<...>M (manifest) and D<...>D (data).
+    if not SHM.is_dir():
+        return set()
+    return {p.name for p in SHM.iterdir() if p.name.startswith("D") and p.name[-1:] in ("M", "D")}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    timeout = float(argv[0])
+    launcher = str(Path(sys.executable).with_name("dragon"))
+    before = _dragon_pools()
+    # A new process group, not a new session: the launcher hangs without its session.
+    process = subprocess.Popen([launcher, *argv[1:]], preexec_fn=os.setpgrp)  # noqa: PLW1509
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"dragon_run: {argv[1:]} ran over {timeout} s; killing it", file=sys.stderr, flush=True)
+        code = 124
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(process.pid, signum)
+            except ProcessLookupError:
+                break
+            time.sleep(2)
+        for name in _dragon_pools() - before:
+            (SHM / name).unlink(missing_ok=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

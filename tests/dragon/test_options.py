@@ -1,0 +1,104 @@
+"""Bad input is refused with a message naming it (no Dragon runtime needed)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import rhapsody
+from rhapsody_dragon import DragonBackend
+from rhapsody_dragon.templates import check_options, command_line, find_program
+
+
+def _exe(**options: Any) -> rhapsody.ComputeTask:
+    return rhapsody.ComputeTask(executable="/bin/echo", arguments=["hi"], task_backend_specific_kwargs=options)
+
+
+def test_plugin_registers_the_backend() -> None:
+    backend = rhapsody.get_backend("dragon")
+    assert isinstance(backend, DragonBackend)
+    assert backend.name == "dragon"
+    assert backend.task_kinds == frozenset({"function", "executable"})
+
+
+def test_check_available_passes_with_dragonhpc_installed() -> None:
+    DragonBackend.check_available()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"num_nodes": 0}, "num_nodes must be an integer >= 1"),
+    ({"pool_nodes": "2"}, "pool_nodes must be an integer >= 1"),
+    ({"workers_per_node": True}, "workers_per_node must be an integer >= 1"),
+    ({"shutdown_timeout": 0}, "shutdown_timeout must be a positive number"),
+])
+def test_bad_constructor_options(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DragonBackend(**options)
+
+
+def test_start_outside_a_dragon_runtime_says_how_to_run() -> None:
+    from dragon.infrastructure.parameters import this_process
+
+    if this_process.gs_qd:
+        pytest.skip("this process runs inside a Dragon runtime")
+    with pytest.raises(RuntimeError, match="dragon launcher"):
+        asyncio.run(DragonBackend()._ensure_initialized())
+
+
+def test_submit_before_start_is_refused() -> None:
+    task = rhapsody.ComputeTask(function=abs, args=(-1,))
+    with pytest.raises(RuntimeError, match="not started"):
+        asyncio.run(DragonBackend().submit_tasks([task]))
+
+
+@pytest.mark.parametrize(("options", "error", "message"), [
+    ({"cwd": "/tmp"}, ValueError, r"\['cwd'\].*process_template"),
+    ({"env": {"A": "1"}}, ValueError, r"\['env'\].*process_template"),
+    ({"ranks": 2}, ValueError, r"unknown task_backend_specific_kwargs \['ranks'\]"),
+    ({"process_template": {}, "process_templates": [(1, {})]}, ValueError, "not both"),
+    ({"process_template": {"target": "x"}}, ValueError, r"unknown process_template options \['target'\]"),
+    ({"process_template": {"stdout": "f"}}, ValueError, r"\['stdout'\]"),
+    ({"process_template": "cwd=/tmp"}, TypeError, "process_template must be a dict"),
+    ({"process_template": {"cwd": 3}}, TypeError, "cwd must be a path"),
+    ({"process_template": {"env": {"A": 1}}}, TypeError, "env must be a dict of str to str"),
+    ({"process_templates": []}, TypeError, "non-empty list"),
+    ({"process_templates": [(0, {})]}, ValueError, "nranks must be an integer >= 1, got 0"),
+    ({"process_templates": [(2,)]}, TypeError, r"items are \(nranks, dict\)"),
+    ({"process_templates": [(1, {"bogus": 1})]}, ValueError, r"unknown process_templates options \['bogus'\]"),
+    ({"shell": "yes"}, TypeError, "shell must be True or False"),
+])
+def test_bad_executable_options_are_named(options: dict[str, Any], error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        check_options(_exe(**options), function=False)
+
+
+def test_function_tasks_take_no_options() -> None:
+    task = rhapsody.ComputeTask(function=abs, args=(1,), task_backend_specific_kwargs={"process_template": {}})
+    with pytest.raises(ValueError, match=r"function tasks take no task_backend_specific_kwargs, got \['process_template'\]"):
+        check_options(task, function=True)
+
+
+def test_good_options_become_a_spec() -> None:
+    spec = check_options(_exe(process_templates=[(2, {"cwd": "/tmp"}), (3, {})]), function=False)
+    assert spec is not None
+    assert (spec.job, spec.ranks, spec.shell) == (True, 5, False)
+    single = check_options(_exe(shell=True), function=False)
+    assert single is not None and (single.job, single.ranks) == (False, 1)
+
+
+def test_shell_command_line_quotes_arguments() -> None:
+    task = rhapsody.ComputeTask(executable="echo", arguments=["a b", "$HOME"],
+                                task_backend_specific_kwargs={"shell": True})
+    spec = check_options(task, function=False)
+    assert spec is not None
+    assert command_line(task, spec) == ["/bin/sh", "-c", "echo 'a b' '$HOME'"]
+
+
+def test_missing_program_is_named() -> None:
+    task = rhapsody.ComputeTask(executable="/nonexistent/rhapsody-prog")
+    spec = check_options(task, function=False)
+    assert spec is not None
+    with pytest.raises(FileNotFoundError, match="cannot find program '/nonexistent/rhapsody-prog'"):
+        find_program(task, spec)
