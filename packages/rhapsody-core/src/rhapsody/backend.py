@@ -51,12 +51,22 @@ class BaseBackend(abc.ABC):
     # -- to implement ------------------------------------------------------------------------
 
     @classmethod
-    def check_available(cls) -> None:
+    def check_available(cls) -> str | None:
         """Raise why this backend cannot run here (e.g. the engine's own ``ImportError``).
 
-        The default says the backend can always run. ``rhapsody.discover_backends()`` and
-        ``rhapsody backends`` show what this raises.
+        Return ``None``, or a short note when the backend runs with limits (e.g. "endpoint mode
+        only: no engine installed"). ``rhapsody.discover_backends()`` and ``rhapsody backends``
+        show what this raises or returns. The default: the backend can always run.
         """
+        return None
+
+    @classmethod
+    def engine_versions(cls) -> dict[str, str]:
+        """Versions of the engine packages this backend drives, for reports.
+
+        Read them without importing the engine (``importlib.metadata.version``). Default: none.
+        """
+        return {}
 
     async def _initialize(self) -> None:  # noqa: B027 - optional override
         """Start or connect to the engine. Called once, from ``await backend``."""

@@ -16,7 +16,7 @@ import importlib.metadata
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
@@ -38,7 +38,11 @@ _plugin_dists: dict[str, tuple[str | None, str | None]] = {}
 
 @dataclass(frozen=True)
 class BackendInfo:
-    """What is known about one backend name: where it comes from and whether it can run here."""
+    """What is known about one backend name: where it comes from and whether it can run here.
+
+    ``reason`` says why it cannot run (``available`` is False); ``note`` qualifies a backend that
+    can (e.g. a mode it lacks here); ``engine_versions`` names the engine packages it found.
+    """
 
     name: str
     backend_class: type[BaseBackend] | None
@@ -46,6 +50,8 @@ class BackendInfo:
     version: str | None
     available: bool
     reason: str | None = None
+    note: str | None = None
+    engine_versions: Mapping[str, str] = field(default_factory=dict)
 
 
 def _describe(exc: BaseException) -> str:
@@ -168,11 +174,18 @@ def discover_backends() -> dict[str, BackendInfo]:
         if name in conflicts:
             info = BackendInfo(name, None, info.distribution, info.version, False, conflicts[name])
         elif info.backend_class is not None:
+            cls = info.backend_class
             try:
-                info.backend_class.check_available()
+                note = cls.check_available()
             except Exception as exc:
-                info = BackendInfo(name, info.backend_class, info.distribution, info.version,
-                                   False, _describe(exc))
+                info = BackendInfo(name, cls, info.distribution, info.version, False, _describe(exc))
+            else:
+                try:
+                    versions = dict(cls.engine_versions())
+                except Exception as exc:
+                    versions = {"?": _describe(exc)}
+                info = BackendInfo(name, cls, info.distribution, info.version, True, None,
+                                   note if isinstance(note, str) else None, versions)
         result[name] = info
     return result
 

@@ -77,16 +77,21 @@ def _list_backends(console: Console, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps([
             {"name": i.name, "distribution": i.distribution, "version": i.version,
-             "available": i.available, "reason": i.reason}
+             "available": i.available, "reason": i.reason, "note": i.note,
+             "engine_versions": dict(i.engine_versions)}
             for i in found.values()
         ], indent=2))
         return 0
     table = Table(title="rhapsody backends")
-    for column in ("backend", "distribution", "version", "can run here"):
+    for column in ("backend", "distribution", "version", "engine", "can run here"):
         table.add_column(column)
     for info in found.values():
-        status = "[green]yes[/]" if info.available else f"[red]no[/]: {info.reason}"
-        table.add_row(info.name, info.distribution or "?", info.version or "?", status)
+        if not info.available:
+            status = f"[red]no[/]: {info.reason}"
+        else:
+            status = "[green]yes[/]" + (f" ({info.note})" if info.note else "")
+        engine = ", ".join(f"{k} {v}" for k, v in info.engine_versions.items())
+        table.add_row(info.name, info.distribution or "?", info.version or "?", engine or "-", status)
     console.print(table)
     return 0
 
