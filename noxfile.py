@@ -80,3 +80,31 @@ def tests_vllm(session: nox.Session) -> None:
         session.run("python", "-m", "pip", "uninstall", "--yes",
                     "torchvision", "torchaudio", "torchcodec", "triton")
     session.run("pytest", "tests/vllm", *session.posargs, env=VLLM_TEST_ENV)
+
+
+DRAGON_TEST_ENV = {"RHAPSODY_LOAD_PLUGINS": "dragon"}
+# Each module that needs a Dragon runtime gets one of its own (the launcher starts it in ~5 s).
+DRAGON_RUNTIME_MODULES = ("tests/dragon/test_conformance.py", "tests/dragon/test_dragon.py")
+DRAGON_MODULE_TIMEOUT_S = "600"
+
+
+@nox.session(name="tests-dragon")
+def tests_dragon(session: nox.Session) -> None:
+    """rhapsody-dragon on a real Dragon runtime: pytest runs under the `dragon` launcher.
+
+    tests/dragon/dragon_run.py starts each runtime module under its own launcher and always
+    kills what is left of it and removes its /dev/shm pools, on failure and timeout too.
+    """
+    install_core(session)
+    session.install("dragonhpc[batch,telemetry]>=0.15.0", "./packages/rhapsody-dragon[test]")
+    session.run("pytest", "tests/dragon/test_options.py", *session.posargs, env=DRAGON_TEST_ENV)
+    failed = []
+    for module in DRAGON_RUNTIME_MODULES:
+        try:
+            session.run("python", "tests/dragon/dragon_run.py", DRAGON_MODULE_TIMEOUT_S,
+                        f"{session.bin}/pytest", "-p", "no:cacheprovider", module, *session.posargs,
+                        env=DRAGON_TEST_ENV)
+        except nox.command.CommandFailed:
+            failed.append(module)
+    if failed:
+        session.error(f"Dragon test modules failed: {failed}")

@@ -3,7 +3,7 @@
 ``python tests/dragon/dragon_run.py TIMEOUT_S PROGRAM [ARGS...]``: starts ``dragon PROGRAM ARGS``
 (the ``dragon`` next to this Python) in a process group of its own, waits at most TIMEOUT_S, then
 kills whatever is left of that group and removes the shared-memory pools the run created in
-/dev/shm. A Dragon program that dies or hangs otherwise leaves processes and gigabytes of pools
+/dev/shm (and the ``ddict_orc_*`` files DDicts leave in the working directory). A Dragon program that dies or hangs otherwise leaves processes and gigabytes of pools
 behind. (``dragon-cleanup`` is not used: it removes every /dev/shm file of the user.)
 """
 
@@ -33,6 +33,7 @@ def main(argv: list[str]) -> int:
     timeout = float(argv[0])
     launcher = str(Path(sys.executable).with_name("dragon"))
     before = _dragon_pools()
+    orchestrator_files = set(Path.cwd().glob("ddict_orc_*"))
     # A new process group, not a new session: the launcher hangs without its session.
     process = subprocess.Popen([launcher, *argv[1:]], preexec_fn=os.setpgrp)  # noqa: PLW1509
     try:
@@ -51,6 +52,9 @@ def main(argv: list[str]) -> int:
             time.sleep(2)
         for name in _dragon_pools() - before:
             (SHM / name).unlink(missing_ok=True)
+        # DDict orchestrators leave a file in the working directory.
+        for path in set(Path.cwd().glob("ddict_orc_*")) - orchestrator_files:
+            path.unlink(missing_ok=True)
     return code
 
 

@@ -1,6 +1,6 @@
 """The process Dragon starts for a single-process executable task.
 
-``python -m rhapsody_dragon.runner PID_FILE TIMEOUT -- PROGRAM [ARGS...]`` runs the program in a
+``python -I .../rhapsody_dragon/runner.py PID_FILE TIMEOUT -- PROGRAM [ARGS...]`` runs the program in a
 process group of its own and writes that group's id to ``PID_FILE``, so that cancelling or closing
 can kill everything the program started (Dragon 0.15 signals only the process it launched, and its
 cancel of a running process whose children keep running never completes). ``TIMEOUT`` is seconds,
@@ -29,7 +29,7 @@ def _kill_group(pgid: int) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 4 or argv[2] != "--":
-        print("usage: python -m rhapsody_dragon.runner PID_FILE TIMEOUT -- PROGRAM [ARGS...]", file=sys.stderr)
+        print("usage: runner.py PID_FILE TIMEOUT -- PROGRAM [ARGS...]", file=sys.stderr)
         return 2
     pid_file, timeout_text, _, *command = argv
     timeout = None if timeout_text == "-" else float(timeout_text)

@@ -18,6 +18,8 @@ from typing import Any
 
 from rhapsody import Task
 
+from . import runner
+
 TASK_KEYS = frozenset({"process_template", "process_templates", "shell"})
 TEMPLATE_KEYS = frozenset({"cwd", "env", "policy", "options"})
 
@@ -163,7 +165,9 @@ def build_templates(task: Task, spec: ProcessSpec, *, pid_file: Path | None) -> 
     argv = command_line(task, spec)
     if not spec.job:
         timeout = task["timeout"]
-        argv = [sys.executable, "-m", "rhapsody_dragon.runner", str(pid_file),
+        # By file path and isolated (-I): the runner needs only the standard library, and then
+        # starts without importing rhapsody or Dragon.
+        argv = [sys.executable, "-I", runner.__file__, str(pid_file),
                 "-" if timeout is None else repr(float(timeout)), "--", *argv]
     program, *args = argv
     return [(nranks, ProcessTemplate(program, args=tuple(args), **options)) for nranks, options in spec.groups]
