@@ -130,7 +130,8 @@ class Session:
             TypeError: an item is not a task.
             ValueError: a task was already submitted, names a backend the session does not have,
                 or is refused by a backend or a validating plugin. Then no task of this call has
-                been submitted, and the session keeps working.
+                been submitted (except, with several backends, tasks already handed to a backend
+                before the one that refused: they run), and the session keeps working.
             SessionClosedError: the session has been closed.
         """
         if not self._started:
@@ -174,7 +175,8 @@ class Session:
             raise
 
         submitted = TaskState.SUBMITTED
-        for backend, group in groups.items():
+        handed = list(groups.items())
+        for index, (backend, group) in enumerate(handed):
             name = backend.name
             for task in group:
                 task["backend"] = name
@@ -182,11 +184,13 @@ class Session:
             try:
                 await backend.submit_tasks(group)
             except BaseException:
-                for task in group:
-                    if task["state"] == submitted:
-                        inflight.pop(task["uid"], None)
-                        set_future(task, "_future", None)
-                        task["state"] = TaskState.NEW
+                # Undo this group and every group not yet handed to its backend.
+                undo = [task for task in group if task["state"] == submitted]
+                undo += [task for _, later in handed[index + 1:] for task in later]
+                for task in undo:
+                    inflight.pop(task["uid"], None)
+                    set_future(task, "_future", None)
+                    task["state"] = TaskState.NEW
                 raise
             if self._notify is not None:
                 self._notify(tasks=group)
@@ -286,15 +290,18 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        error: Exception | None = None
         try:
             for backend in self._backends.values():
                 try:
                     await asyncio.wait_for(backend.close(), self._close_timeout)
-                except Exception:  # abandon its tasks before re-raising, so none is lost
+                except Exception as exc:  # abandon its tasks, close the others, then re-raise
                     await self._abandon_inflight(backend)
-                    raise
+                    error = error or exc
         finally:
             await self._abandon_inflight(None)
+        if error is not None:
+            raise error
 
     async def _abandon_inflight(self, backend: BaseBackend | None) -> None:
         # Let reports already queued by engine threads arrive before declaring tasks abandoned.
@@ -315,4 +322,10 @@ def _failure_of(task: Task) -> BaseException:
     if exc is None:
         exc = TaskExecutionError(task["uid"], task["stderr"] or "", task["exit_code"])
         task["exception"] = exc
+    elif isinstance(exc, StopIteration):
+        # asyncio futures refuse StopIteration (set_exception raises TypeError, leaving the
+        # future unresolved); wrap it as PEP 479 does for generators. The task keeps the original.
+        wrapped = RuntimeError(f"task {task['uid']} raised StopIteration")
+        wrapped.__cause__ = exc
+        return wrapped
     return exc  # type: ignore[no-any-return]

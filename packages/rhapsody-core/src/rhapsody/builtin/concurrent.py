@@ -115,6 +115,12 @@ class ConcurrentBackend(BaseBackend):
                         "so timeout= works only for async functions and executables"
                     )
                 functions.append(task)
+        chunks: list[list[Task]] = []
+        if functions:
+            size = _chunk_size(len(functions), self._workers)
+            chunks = [functions[start:start + size] for start in range(0, len(functions), size)]
+        # Pickled before anything starts, so a task that cannot travel fails the whole call.
+        payloads = [_pickle_chunk(chunk) if self._in_processes else None for chunk in chunks]
         create_task = asyncio.get_running_loop().create_task
         drivers = self._drivers
         for task in tasks:
@@ -122,12 +128,10 @@ class ConcurrentBackend(BaseBackend):
                 driver = create_task(self._run_executable(task))
                 driver.add_done_callback(partial(self._driver_done, task))
                 drivers[task["uid"]] = driver
-        if functions:
-            size = _chunk_size(len(functions), self._workers)
-            for start in range(0, len(functions), size):
-                self._submit_chunk(functions[start:start + size])
+        for chunk, payload in zip(chunks, payloads):
+            self._submit_chunk(chunk, payload)
 
-    def _submit_chunk(self, chunk: list[Task]) -> None:
+    def _submit_chunk(self, chunk: list[Task], payload: bytes | None = None) -> None:
         queued = self._queued
         if not self._in_processes:
             # Mark the tasks queued before the pool can start them: the runner claims each one.
@@ -135,9 +139,8 @@ class ConcurrentBackend(BaseBackend):
                 queued[task["uid"]] = chunk
             self._executor.submit(self._run_chunk_in_thread, chunk)
             return
-        payload = cloudpickle.dumps(
-            [(t["function"], t["args"], t["kwargs"], t["timeout"]) for t in chunk]
-        )
+        if payload is None:
+            payload = _pickle_chunk(chunk)
         future = self._executor.submit(_run_pickled_chunk, payload)
         future.rhapsody_chunk = chunk  # type: ignore[attr-defined]
         for task in chunk:
@@ -201,16 +204,25 @@ class ConcurrentBackend(BaseBackend):
             async with self._slots:  # type: ignore[union-attr]
                 if options.get("shell"):
                     command = " ".join([task["executable"], *map(shlex.quote, task["arguments"])])
-                    process = await asyncio.create_subprocess_shell(
+                    spawn = asyncio.create_subprocess_shell(
                         command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                         cwd=options.get("cwd"), env=options.get("env"), start_new_session=True,
                     )
                 else:
-                    process = await asyncio.create_subprocess_exec(
+                    spawn = asyncio.create_subprocess_exec(
                         task["executable"], *task["arguments"],
                         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                         cwd=options.get("cwd"), env=options.get("env"), start_new_session=True,
                     )
+                starting = asyncio.ensure_future(spawn)
+                try:
+                    process = await asyncio.shield(starting)
+                except asyncio.CancelledError:
+                    # Cancelled while the process was starting: it may already run and have
+                    # started children, which asyncio's own clean-up (it kills the leader only)
+                    # would leave behind. Wait for it, so the handler below kills its group.
+                    process = await _started_or_none(starting)
+                    raise
                 try:
                     out, err = await asyncio.wait_for(process.communicate(), task["timeout"])
                 except asyncio.TimeoutError:
@@ -306,6 +318,21 @@ def _check_executable_options(task: Task, options: dict[str, Any]) -> None:
         raise TypeError(f"task {task['uid']}: shell must be True or False, got {shell!r}")
 
 
+def _pickle_chunk(chunk: list[Task]) -> bytes:
+    try:
+        return cloudpickle.dumps([(t["function"], t["args"], t["kwargs"], t["timeout"]) for t in chunk])
+    except Exception:
+        for task in chunk:  # name the task that cannot be pickled
+            try:
+                cloudpickle.dumps((task["function"], task["args"], task["kwargs"]))
+            except Exception as exc:
+                raise TypeError(
+                    f"task {task['uid']}: its function or arguments cannot be pickled for the "
+                    f"process pool: {type(exc).__name__}: {exc}"
+                ) from exc
+        raise
+
+
 def _chunk_size(count: int, workers: int) -> int:
     return max(1, min(_MAX_CHUNK, count // (workers * 4)))
 
@@ -317,6 +344,13 @@ async def _bounded(coroutine: Any, timeout: float | None) -> Any:
         return await asyncio.wait_for(coroutine, timeout)
     except asyncio.TimeoutError:
         raise TimeoutError(f"the task exceeded its timeout of {timeout} s") from None
+
+
+async def _started_or_none(starting: asyncio.Future[asyncio.subprocess.Process]) -> Any:
+    try:
+        return await starting
+    except Exception:
+        return None
 
 
 async def _kill_group(process: asyncio.subprocess.Process) -> None:
