@@ -66,6 +66,7 @@ def load_plugins() -> None:
             name) or implements one with the wrong arguments.
     """
     global _loaded
+    invalid: list[pluggy.PluginValidationError] = []
     with _load_lock:
         if _loaded:
             return
@@ -84,20 +85,31 @@ def load_plugins() -> None:
             origin = (dist.name, dist.version) if dist is not None else (None, None)
             try:
                 plugin = entry_point.load()
+                pm.register(plugin, name=entry_point.name)
             except Exception as exc:  # a broken plugin must not take the others down
                 _load_failures[entry_point.name] = (*origin, _describe(exc))
+                if isinstance(exc, pluggy.PluginValidationError):
+                    invalid.append(exc)
                 continue
-            pm.register(plugin, name=entry_point.name)
             _plugin_dists[entry_point.name] = origin
+        # A plugin with a misspelt hook is removed (and listed as failed) so that it fails loudly
+        # here once, instead of leaving every later register_plugin() failing on its account.
+        while True:
+            try:
+                pm.check_pending()
+                break
+            except pluggy.PluginValidationError as exc:
+                name = pm.get_name(exc.plugin) or repr(exc.plugin)
+                pm.unregister(exc.plugin)
+                _load_failures[name] = (*_plugin_dists.pop(name, (None, None)), str(exc))
+                invalid.append(exc)
         _loaded = True
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
+    if invalid:
         raise pluggy.PluginValidationError(
-            exc.plugin,
-            f"{exc} (hooks that rhapsody defines: "
+            invalid[0].plugin,
+            f"{invalid[0]} (hooks that rhapsody defines: "
             f"{', '.join(sorted(n for n in dir(hookspecs) if n.startswith('rhapsody_')))})",
-        ) from None
+        )
 
 
 def _has_dist(name: str) -> bool:
@@ -145,10 +157,12 @@ def _backend_classes() -> tuple[dict[str, BackendInfo], dict[str, str]]:
         for cls in classes:
             name = getattr(cls, "name", None)
             if not (isinstance(cls, type) and issubclass(cls, BaseBackend)) or not isinstance(name, str):
-                raise TypeError(
-                    f"plugin {impl.plugin_name!r} registered {cls!r}, which is not a BaseBackend "
-                    "subclass with a string class attribute 'name'"
-                )
+                # Shown as that plugin's failure: one bad plugin must not hide every backend.
+                found.setdefault(impl.plugin_name, BackendInfo(
+                    impl.plugin_name, None, dist, version, False,
+                    f"plugin registered {cls!r}, which is not a BaseBackend subclass with a "
+                    "string class attribute 'name'"))
+                continue
             if name in found and found[name].backend_class is not cls:
                 conflicts[name] = (
                     f"two plugins register a backend named {name!r}: "
@@ -158,7 +172,7 @@ def _backend_classes() -> tuple[dict[str, BackendInfo], dict[str, str]]:
             found[name] = BackendInfo(name, cls, dist, version, True)
     for ep_name, (dist, version, why) in _load_failures.items():
         found.setdefault(ep_name, BackendInfo(ep_name, None, dist, version, False,
-                                              f"plugin failed to import: {why}"))
+                                              f"plugin failed to load: {why}"))
     return found, conflicts
 
 
