@@ -61,6 +61,10 @@ class Session:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = False
         self._closed = False
+        # Reports a backend makes while the session is inside its submit_tasks (e.g. from the
+        # loop thread, synchronously) wait here, so plugins hear of a submission before its end.
+        self._submitting = 0
+        self._held: list[Update] = []
         # Looked up once: an unimplemented hook then costs one attribute test per batch.
         self._validate = hook_if_implemented("rhapsody_validate_task")
         self._notify = hook_if_implemented("rhapsody_task_states_changed")
@@ -181,9 +185,11 @@ class Session:
             for task in group:
                 task["backend"] = name
                 task["state"] = submitted
+            self._submitting += 1
             try:
                 await backend.submit_tasks(group)
             except BaseException:
+                self._submitting -= 1
                 # Undo this group and every group not yet handed to its backend.
                 undo = [task for task in group if task["state"] == submitted]
                 undo += [task for _, later in handed[index + 1:] for task in later]
@@ -191,14 +197,28 @@ class Session:
                     inflight.pop(task["uid"], None)
                     set_future(task, "_future", None)
                     task["state"] = TaskState.NEW
+                self._release_held()
                 raise
+            self._submitting -= 1
             if self._notify is not None:
                 self._notify(tasks=group)
+            self._release_held()
         return [task._future for task in tasks]
 
     # -- completions (always on the loop thread) ---------------------------------------------
 
+    def _release_held(self) -> None:
+        if self._held and not self._submitting:
+            held, self._held = self._held, []
+            self._apply(held)
+
     def _receive(self, updates: list[Update]) -> None:
+        if self._submitting:
+            self._held.extend(updates)
+        else:
+            self._apply(updates)
+
+    def _apply(self, updates: list[Update]) -> None:
         inflight_pop = self._inflight.pop
         for task, state in updates:
             if state not in TERMINAL_STATES:
@@ -314,7 +334,7 @@ class Session:
                     task["exception"] = SessionClosedError(
                         f"task {task['uid']} was still running when its session closed"
                     )
-            self._receive([(task, _CANCELED) for task in left])
+            self._apply([(task, _CANCELED) for task in left])
 
 
 def _failure_of(task: Task) -> BaseException:
