@@ -21,6 +21,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="option for that backend (repeatable; VALUE parsed as JSON if it can be)")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A typo in the backend's name or options is one usage error at start-up, not an error in
+    # every test of the suite.
+    name = config.getoption("--rhapsody-backend", default=None)
+    options = parse_backend_options(config.getoption("--rhapsody-backend-option", default=[]) or [])
+    if name:
+        from ..plugins import get_backend  # here, so that merely installing rhapsody loads nothing
+
+        try:
+            get_backend(name, **options)
+        except Exception as exc:
+            raise pytest.UsageError(f"--rhapsody-backend={name}: {type(exc).__name__}: {exc}") from exc
+
+
 def parse_backend_options(items: list[str]) -> dict[str, Any]:
     """Turn ``["n_workers=2", "name=x"]`` into ``{"n_workers": 2, "name": "x"}``.
 

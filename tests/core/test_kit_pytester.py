@@ -1,0 +1,136 @@
+"""The conformance kit itself, run by pytest inside pytest (the ``pytester`` fixture).
+
+Each run is a separate pytest process, as a backend author's run would be.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rhapsody.testing import FEATURES, BackendConformance
+from rhapsody.testing.plugin import parse_backend_options
+
+pytest_plugins = ["pytester"]
+
+
+def outcomes(result: pytest.RunResult) -> dict[str, str]:
+    """test name -> PASSED/FAILED/SKIPPED/ERROR, from ``-rA`` short summary lines."""
+    seen: dict[str, str] = {}
+    for line in result.outlines:
+        for word in ("PASSED", "FAILED", "SKIPPED", "ERROR"):
+            if line.startswith(word + " ") and "::" in line:
+                seen[line.split("::")[-1].split(" ")[0]] = word
+    return seen
+
+
+def test_noop_fails_what_it_does_not_do_and_skips_what_it_declares(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_noop_kit='''
+        from rhapsody.testing import BackendConformance, FEATURES
+
+        class TestNoop(BackendConformance):
+            backend_name = "noop"
+            unsupported = {f: "a dry run executes nothing" for f in FEATURES if f != "function"}
+    ''')
+    result = pytester.runpytest_subprocess("-rA", "-p", "no:cacheprovider")
+    seen = outcomes(result)
+    assert {name for name, word in seen.items() if word == "FAILED"} == {
+        "test_sync_function_returns_value",                 # return_value stays None
+        "test_function_exception_reaches_future_with_its_type",  # nothing raised
+        "test_many_tasks_all_complete",
+        "test_unknown_backend_option_is_rejected_by_name",  # noop accepts any option
+    }
+    assert seen["test_unknown_backend_name_is_rejected_at_submit"] == "PASSED"
+    result.assert_outcomes(passed=1, failed=4, skipped=14)
+    for feature in ("executable", "async_function"):
+        result.stdout.fnmatch_lines([f"SKIPPED * noop does not support {feature}: a dry run executes nothing"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_a_backend_that_hides_failed_exits_is_caught(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_lying_kit='''
+        from rhapsody.builtin.concurrent import ConcurrentBackend
+        from rhapsody.testing import BackendConformance
+
+        class LyingBackend(ConcurrentBackend):
+            """Reports executables that exited non-zero as DONE."""
+            def report(self, updates):
+                super().report([(t, "DONE" if s == "FAILED" and t.get("exit_code") else s)
+                                for t, s in updates])
+
+        class TestLying(BackendConformance):
+            backend_name = "concurrent"
+            def make_backend(self, request):
+                return LyingBackend(max_workers=2)
+    ''')
+    result = pytester.runpytest_subprocess(
+        "-rA", "-p", "no:cacheprovider",
+        "-k", "nonzero_exit or executable_output or test_sync_function or exception_reaches")
+    seen = outcomes(result)
+    assert seen == {
+        "test_nonzero_exit_raises_task_execution_error": "FAILED",
+        "test_executable_output_and_exit_code": "PASSED",
+        "test_sync_function_returns_value": "PASSED",
+        "test_function_exception_reaches_future_with_its_type": "PASSED",
+    }
+    result.stdout.fnmatch_lines(["*DID NOT RAISE*TaskExecutionError*"])
+
+
+def test_a_class_without_backend_name_is_skipped(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_unnamed_kit='''
+        from rhapsody.testing import BackendConformance
+
+        class TestUnnamed(BackendConformance):
+            pass
+    ''')
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(skipped=19)
+    result.stdout.fnmatch_lines(["*TestUnnamed names no backend_name*"])
+
+
+def test_suite_against_concurrent_passes(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pyargs", "rhapsody.testing.suite",
+                                           "--rhapsody-backend=concurrent",
+                                           "--rhapsody-backend-option", "max_workers=2",
+                                           "--rhapsody-backend-option", "max_subprocesses=4")
+    result.assert_outcomes(passed=19)
+
+
+def test_suite_without_a_backend_skips_with_the_reason(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider", "--pyargs", "rhapsody.testing.suite")
+    result.assert_outcomes(skipped=19)
+    result.stdout.fnmatch_lines(["*no backend chosen: pass --rhapsody-backend=NAME*"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--rhapsody-backend-option", "max_workers"],
+     "ERROR: --rhapsody-backend-option expects KEY=VALUE, got 'max_workers'"),
+    (["--rhapsody-backend-option", "=2"], "ERROR: --rhapsody-backend-option expects KEY=VALUE, got '=2'"),
+    (["--rhapsody-backend-option", "workers=2"],
+     "ERROR: --rhapsody-backend=concurrent: TypeError: *unexpected keyword argument 'workers'"),
+])
+def test_suite_with_a_bad_backend_option_is_a_usage_error(
+    pytester: pytest.Pytester, args: list[str], message: str
+) -> None:
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pyargs", "rhapsody.testing.suite",
+                                           "--rhapsody-backend=concurrent", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_suite_with_an_unknown_backend_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pyargs", "rhapsody.testing.suite",
+                                           "--rhapsody-backend=nosuch")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --rhapsody-backend=nosuch: BackendUnavailableError: "
+                                 "no backend named 'nosuch' is installed*"])
+
+
+def test_parse_backend_options_reads_json_else_strings() -> None:
+    assert parse_backend_options(["n=2", "flag=true", "cfg={\"a\": [1]}", "name=x y", "empty="]) == {
+        "n": 2, "flag": True, "cfg": {"a": [1]}, "name": "x y", "empty": ""}
+
+
+def test_require_rejects_an_unknown_feature_name() -> None:
+    with pytest.raises(ValueError, match=r"unknown conformance feature 'gpu'"):
+        BackendConformance().require("gpu")
+    assert "cancel_queued" in FEATURES
