@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import re
 import threading
 
 import cloudpickle
@@ -356,3 +357,38 @@ async def test_await_before_submit_raises() -> None:
     task = ComputeTask(function=workloads.add, uid="never-submitted")
     with pytest.raises(RuntimeError, match=r"task never-submitted has not been submitted to a session"):
         await task
+
+
+# -- footguns: strings where sequences belong, names that are not strings --------------------
+
+
+def test_arguments_as_one_string_is_rejected() -> None:
+    with pytest.raises(TypeError, match=r"ComputeTask: arguments must be a list of strings, not a string; "
+                                        r"write arguments=\['-la'\]"):
+        ComputeTask(executable="/bin/ls", arguments="-la")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("args", ["abc", b"abc"])
+def test_args_as_one_string_is_rejected(args: object) -> None:
+    with pytest.raises(TypeError, match=rf"ComputeTask: args must be a tuple of arguments, not "
+                                        rf"{type(args).__name__}; write args=\({args!r},\)"):
+        ComputeTask(function=len, args=args)  # type: ignore[arg-type]
+
+
+def test_args_may_be_any_iterable() -> None:
+    assert ComputeTask(function=max, args=[3, 1]).args == (3, 1)
+    assert ComputeTask(function=max, args=iter((3, 1))).args == (3, 1)
+
+
+def test_kwargs_must_be_a_mapping() -> None:
+    with pytest.raises(TypeError, match=r"ComputeTask: kwargs must be a dict, got \[\('a', 1\)\]"):
+        ComputeTask(function=dict, kwargs=[("a", 1)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("field", "value"), [("uid", 5), ("uid", ""), ("backend", ["dask"]), ("backend", "")])
+def test_uid_and_backend_must_be_non_empty_strings(field: str, value: object) -> None:
+    shown = re.escape(repr(value))
+    with pytest.raises(TypeError, match=rf"ComputeTask: {field} must be a non-empty string, got {shown}"):
+        ComputeTask(function=len, **{field: value})
+    with pytest.raises(TypeError, match=rf"AITask: {field} must be a non-empty string, got {shown}"):
+        AITask("hi", **{field: value})

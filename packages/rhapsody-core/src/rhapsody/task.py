@@ -122,6 +122,12 @@ def _restore_task(cls: type[Task], fields: dict[str, Any]) -> Task:
     return task
 
 
+def _check_names(owner: str, uid: Any, backend: Any) -> None:
+    for name, value in (("uid", uid), ("backend", backend)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise TypeError(f"{owner}: {name} must be a non-empty string, got {value!r}")
+
+
 def _check_backend_kwargs(owner: str, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -182,6 +188,8 @@ class ComputeTask(Task):
     ) -> None:
         if removed:
             _reject_unknown(type(self), removed)
+        if uid is not None or backend is not None:
+            _check_names("ComputeTask", uid, backend)
         if function is None:
             if executable is None:
                 raise ValueError("ComputeTask needs a function= or an executable=")
@@ -193,6 +201,12 @@ class ComputeTask(Task):
                 raise ValueError(
                     "ComputeTask: args/kwargs are for functions; pass command-line "
                     "arguments to an executable as arguments=[...]"
+                )
+            if isinstance(arguments, str):
+                # list("-la") would silently become ["-", "l", "a"]
+                raise TypeError(
+                    f"ComputeTask: arguments must be a list of strings, not a string; "
+                    f"write arguments=[{arguments!r}]"
                 )
             arguments = list(arguments)
             for item in arguments:
@@ -206,6 +220,14 @@ class ComputeTask(Task):
                 raise ValueError("ComputeTask takes a function= or an executable=, not both")
             if not callable(function):
                 raise TypeError(f"ComputeTask: function must be callable, got {function!r}")
+            if type(args) is not tuple and isinstance(args, (str, bytes)):
+                # tuple("abc") would silently pass three one-letter arguments
+                raise TypeError(
+                    f"ComputeTask: args must be a tuple of arguments, not {type(args).__name__}; "
+                    f"write args=({args!r},)"
+                )
+            if kwargs and not isinstance(kwargs, Mapping):
+                raise TypeError(f"ComputeTask: kwargs must be a dict, got {kwargs!r}")
             if arguments:
                 raise ValueError(
                     "ComputeTask: arguments=[...] is for executables; pass a function's "
@@ -296,6 +318,8 @@ class AITask(Task):
     ) -> None:
         if removed:
             _reject_unknown(type(self), removed)
+        if uid is not None or backend is not None:
+            _check_names("AITask", uid, backend)
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list):
             raise TypeError(f"AITask: prompt must be a string or a list of strings, got {prompt!r}")
