@@ -8,6 +8,8 @@ Subclass :class:`BackendConformance` in a test module and name your backend::
         backend_name = "mysite"
         backend_options = {"partition": "debug"}
 
+Inference backends subclass :class:`AIBackendConformance` the same way.
+
 Or run the kit against any installed backend without writing a file::
 
     pytest --pyargs rhapsody.testing.suite --rhapsody-backend=dask \\
@@ -16,6 +18,7 @@ Or run the kit against any installed backend without writing a file::
 
 from __future__ import annotations
 
+from .ai_conformance import AIBackendConformance
 from .conformance import FEATURES, BackendConformance, ConformanceHarness
 
-__all__ = ["FEATURES", "BackendConformance", "ConformanceHarness"]
+__all__ = ["FEATURES", "AIBackendConformance", "BackendConformance", "ConformanceHarness"]
