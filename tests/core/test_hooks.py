@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from backends_for_tests import ThreadedBackend
+from backends_for_tests import StuckBackend, ThreadedBackend
 
 import rhapsody
 from rhapsody import ComputeTask, Session, hookimpl
@@ -159,3 +159,17 @@ async def test_unregistered_plugin_is_no_longer_called() -> None:
         await session.submit_tasks([task])
     assert plugin.batches == []
     assert task.state == "DONE"
+
+
+async def test_late_reports_that_change_nothing_are_not_announced(journal: Journal) -> None:
+    backend = StuckBackend(hang=False)
+    session = Session(backends=[backend])
+    async with session:
+        task = ComputeTask(function=workloads.add)
+        await session.submit_tasks([task])
+    assert task.state == "CANCELED"  # abandoned when the session closed
+    assert journal.batches == [["SUBMITTED"], ["CANCELED"]]
+    # the engine finishes it afterwards: the task stays CANCELED and plugins hear nothing
+    backend.report([(task, "RUNNING"), (task, "DONE")])
+    assert task.state == "CANCELED"
+    assert journal.batches == [["SUBMITTED"], ["CANCELED"]]

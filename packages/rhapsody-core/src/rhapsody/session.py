@@ -239,7 +239,10 @@ class Session:
             else:
                 future.cancel()
         if self._notify is not None:
-            self._notify(tasks=[task for task, _ in updates])
+            # Late reports that were ignored above changed nothing: plugins must not count them.
+            changed = [task for task, state in updates if task["state"] == state]
+            if changed:
+                self._notify(tasks=changed)
 
     # -- wait and cancel ---------------------------------------------------------------------
 
