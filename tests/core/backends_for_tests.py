@@ -106,3 +106,23 @@ class FailingShutdownBackend(StuckBackend):
     async def _shutdown(self) -> None:
         self.shutdown_started = True
         raise OSError("engine refused to stop")
+
+
+class RecordingBackend(StuckBackend):
+    """Records its initialisation and shutdown; ``fail_init`` makes initialisation raise."""
+
+    name = "recording"
+
+    def __init__(self, *, fail_init: bool = False, name: str = "recording") -> None:
+        super().__init__(hang=False)
+        self.name = name  # type: ignore[misc]
+        self.fail_init = fail_init
+        self.events: list[str] = []
+
+    async def _initialize(self) -> None:
+        if self.fail_init:
+            raise ConnectionError("scheduler unreachable")
+        self.events.append("initialized")
+
+    async def _shutdown(self) -> None:
+        self.events.append("shut down")

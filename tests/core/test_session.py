@@ -11,7 +11,7 @@ import weakref
 
 import psutil
 import pytest
-from backends_for_tests import FailingShutdownBackend, StuckBackend, ThreadedBackend
+from backends_for_tests import FailingShutdownBackend, RecordingBackend, StuckBackend, ThreadedBackend
 
 import rhapsody
 from rhapsody import (
@@ -565,3 +565,16 @@ async def test_tasks_handed_to_an_earlier_backend_run_when_a_later_one_refuses()
         assert early.state == "DONE" and early.future.done()
         assert (refused.state, refused.future) == ("NEW", None)
         assert session.in_flight == 0
+
+
+async def test_a_backend_failing_to_start_releases_those_that_started() -> None:
+    started = RecordingBackend(name="first")
+    broken = RecordingBackend(name="second", fail_init=True)
+    session = Session(backends=[started, broken])
+    with pytest.raises(ConnectionError, match=r"scheduler unreachable"):
+        async with session:
+            pytest.fail("the body must not run")
+    assert started.events == ["initialized", "shut down"]
+    assert broken.events == []
+    with pytest.raises(SessionClosedError, match=r"^this session has been closed$"):
+        await session.submit_tasks([ComputeTask(function=workloads.add)])

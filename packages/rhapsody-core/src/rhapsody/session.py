@@ -80,7 +80,12 @@ class Session:
         return len(self._inflight)
 
     async def __aenter__(self) -> Session:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # __aexit__ will not run: release the backends that did start before re-raising.
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
