@@ -13,7 +13,9 @@ import asyncio
 import importlib
 import itertools
 import logging
+import os
 import shlex
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -24,7 +26,14 @@ from rhapsody import BaseBackend, TaskExecutionError, TaskState
 from rhapsody.task import Task
 
 from . import functions
-from .pilot import ensure_rp_environment, failure_reason, local_path, pilot_description, remove_tree
+from .pilot import (
+    PilotSize,
+    ensure_rp_environment,
+    failure_reason,
+    local_path,
+    pilot_description,
+    remove_tree,
+)
 
 log = logging.getLogger("rhapsody_radical")
 
@@ -160,6 +169,7 @@ class RadicalBackend(BaseBackend):
         self._raptor_failure: str | None = None
         self._pilot_failure: str | None = None
         self._td_schema: frozenset[str] = frozenset()
+        self._size: PilotSize | None = None
         self._uid_counter = itertools.count()
         self._uid_prefix = ""
 
@@ -209,6 +219,8 @@ class RadicalBackend(BaseBackend):
         try:
             await asyncio.to_thread(self._create)
             await self._wait_active()
+            reserved = 1 + self._raptor_workers * self._raptor_cores if self._raptor_workers else 0
+            self._size = PilotSize(self._pilot.resource_details or {}, reserved)
             if self._raptor_workers:
                 await asyncio.to_thread(self._start_raptor)
         except BaseException:
@@ -244,7 +256,12 @@ class RadicalBackend(BaseBackend):
         self._pilot.register_callback(self._on_pilot_state)
         self._tmgr = rp.TaskManager(session=self._session)
         self._uid_prefix = f"{self._tmgr.uid}.task."
-        self._tmgr.add_pilots(self._pilot)
+        if self._owns_pilot:
+            self._tmgr.add_pilots(self._pilot)
+        else:
+            # Added by description: RP lets one Pilot object belong to one TaskManager only, and
+            # the given pilot stays free for the user's own TaskManager (and other backends).
+            self._tmgr.add_pilots(self._pilot.as_dict())
         self._tmgr.register_callback(self._on_task_state)
         # Subscribed after the TaskManager's own subscriber on the same channel: RP calls the
         # two in this order for every state message, so this one sees the end of each sweep.
@@ -267,6 +284,10 @@ class RadicalBackend(BaseBackend):
             # RP writes the sandbox files a moment after it publishes the final state.
             await asyncio.sleep(0.5)
             raise RuntimeError(f"radical backend: the pilot failed to start.\n{failure_reason(pilot)}")
+        # The pilot's size comes with (or just after) the state update that made it active.
+        settle = time.monotonic() + 5.0
+        while not pilot.resource_details and time.monotonic() < settle:
+            await asyncio.sleep(0.05)
         log.info("pilot %s active after %.1f s", pilot.uid, time.monotonic() - started)
 
     def _start_raptor(self) -> None:
@@ -275,10 +296,15 @@ class RadicalBackend(BaseBackend):
             [rp.TaskDescription({"mode": rp.RAPTOR_MASTER, "name": "rhapsody-raptor-master"})],
             pilot_id=self._pilot.uid,
         )[0]
+        worker: dict[str, Any] = {"mode": rp.RAPTOR_WORKER, "ranks": 1,
+                                  "cores_per_rank": self._raptor_cores}
+        if local_path(self._pilot.pilot_sandbox) is not None:
+            # On this host, workers can import what the client imports (functions defined in
+            # the user's own modules are pickled by reference).
+            paths = [p for p in sys.path if p and Path(p).exists()]
+            worker["environment"] = {"PYTHONPATH": _export_value(os.pathsep.join(paths))}
         workers = master.submit_workers([
-            rp.TaskDescription({"mode": rp.RAPTOR_WORKER, "ranks": 1,
-                                "cores_per_rank": self._raptor_cores})
-            for _ in range(self._raptor_workers)
+            rp.TaskDescription(dict(worker)) for _ in range(self._raptor_workers)
         ])
         self._raptor = master
         self._raptor_uids = {master.uid, *(w.uid for w in workers)}
@@ -383,13 +409,29 @@ class RadicalBackend(BaseBackend):
             raise TypeError(f"task {task['uid']}: env must map strings to strings, got {environment!r}")
         if shell:
             line = " ".join([task["executable"], *map(shlex.quote, task["arguments"])])
-            options["executable"], options["arguments"] = "/bin/sh", ["-c", line]
+            executable, arguments = "/bin/sh", ["-c", line]
         else:
-            options["executable"], options["arguments"] = task["executable"], list(task["arguments"])
+            executable, arguments = task["executable"], list(task["arguments"])
+        # RP writes arguments into a shell script inside double quotes and environment values
+        # unquoted into `export K="v"`: both would be expanded once more. rhapsody's arguments
+        # and env are literal, so `$` and backquotes are neutralised here.
+        if any("$" in a or "`" in a for a in (executable, *arguments)):
+            executable, arguments = _literal(executable), [_literal(a) for a in arguments]
+            environment = {**(environment or {}), **_LITERAL_VARS}
+        if environment:
+            options["environment"] = {k: _export_value(v) for k, v in environment.items()}
+        options["executable"], options["arguments"] = executable, arguments
         options["name"] = task["uid"]
         if task["timeout"] is not None:
             options["timeout"] = float(task["timeout"])
-        return self._verified(task, options, rp)
+        description = self._verified(task, options, rp)
+        refusal = self._size.refuse(description) if self._size is not None else None
+        if refusal is not None:
+            raise ValueError(
+                f"task {task['uid']} can never run in pilot {self._pilot.uid}: {refusal} "
+                f"(the pilot: {self._size})"
+            )
+        return description
 
     def _describe_function(self, task: Task, rp: Any) -> Any:
         if self._raptor is None:
@@ -554,8 +596,10 @@ class RadicalBackend(BaseBackend):
         with self._lock:
             left = list(self._tasks)
             self._cancelled.update(left)
-        if left and self._tmgr is not None:
-            self._tmgr.cancel_tasks(left)
+        self._closing = True  # the pilot or Raptor ending from here on is no failure
+        if self._tmgr is not None and (left or self._raptor_uids):
+            # The Raptor master and workers are tasks this backend started in the pilot.
+            self._tmgr.cancel_tasks(left + sorted(self._raptor_uids))
             deadline = time.monotonic() + _CANCEL_GRACE
             while self._tasks and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -585,11 +629,29 @@ class RadicalBackend(BaseBackend):
         self._tmgr = self._pmgr = None
 
 
+# Variables a literal `$` or backquote in an argument is rewritten to (see _literal).
+_LITERAL_VARS = {"RHAPSODY_DOLLAR": "$", "RHAPSODY_BACKQUOTE": "`"}
+
+
+def _literal(argument: str) -> str:
+    # Inside RP's double quotes only a parameter expansion yields a bare `$` or backquote (RP
+    # doubles every backslash we could add).
+    return argument.replace("$", "${RHAPSODY_DOLLAR}").replace("`", "${RHAPSODY_BACKQUOTE}")
+
+
+def _export_value(value: str) -> str:
+    # Escapes for the double-quoted `export K="value"` line RP writes verbatim.
+    for char in ("\\", '"', "$", "`"):
+        value = value.replace(char, "\\" + char)
+    return value
+
+
 def _rp_reason(rp_task: Any) -> str:
-    exception = rp_task.exception or "no exception recorded"
+    exception = str(rp_task.exception or "no exception recorded")
     detail = (rp_task.exception_detail or "").strip()
     last = detail.splitlines()[-1] if detail else ""
-    return f"{exception} ({last})" if last and last not in exception else str(exception)
+    message = last.split(": ", 1)[-1]
+    return f"{exception} ({last})" if last and message not in exception else exception
 
 
 def _is_async(function: Any) -> bool:

@@ -138,9 +138,32 @@ def _tail(path: Path) -> str:
     return "\n".join(lines[-_TAIL_LINES:])
 
 
+def _launcher_error(session_dir: Path) -> str:
+    """The last error the client-side pilot launcher logged, with its exception line."""
+    found = ""
+    for log_file in sorted(session_dir.glob("pmgr_launching.*.log")):
+        try:
+            lines = log_file.read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        for index, line in enumerate(lines):
+            if " : ERROR " not in line:
+                continue
+            message = line.rsplit(" : ", 1)[-1].strip()
+            # A traceback follows the entry; its last line is the exception.
+            follow = [ln for ln in lines[index + 1:index + 60] if ln and not ln[0].isdigit()]
+            exception = next((ln.strip() for ln in reversed(follow) if not ln.startswith(" ")), "")
+            found = f"{message}: {exception}" if exception else message
+    return found
+
+
 def failure_reason(pilot: Any) -> str:
     """RP's own account of why ``pilot`` ended: its log, stderr, and the sandbox's error files."""
     parts = [f"pilot {pilot.uid} on {pilot.resource} is {pilot.state}"]
+    session_path = getattr(pilot.session, "path", None)
+    launcher = _launcher_error(Path(session_path)) if session_path else ""
+    if launcher:
+        parts.append(f"pilot launcher: {launcher}")
     for name in ("stderr", "stdout"):
         text = getattr(pilot, name, None)
         if text:
@@ -163,3 +186,63 @@ def remove_tree(path: Path | None) -> None:
     """Delete a sandbox directory; a missing one is fine."""
     if path is not None:
         shutil.rmtree(path, ignore_errors=True)
+
+
+class PilotSize:
+    """What one task may ask of a pilot, from RP's ``resource_details`` of the active pilot.
+
+    RP's agent fails a task that can never be placed only while nothing else runs in the pilot;
+    with anything running (the Raptor master and workers always are) such a task waits forever.
+    This check refuses it up front instead.
+    """
+
+    def __init__(self, details: Mapping[str, Any], reserved_cores: int) -> None:
+        nodes = details.get("node_list") or []
+        self.nodes = max(1, len(nodes))
+        self.cores_per_node = int(details.get("cores_per_node") or 0)
+        self.gpus_per_node = int(details.get("gpus_per_node") or 0)
+        self.mem_per_node = int(details.get("mem_per_node") or 0)
+        self.lfs_per_node = int(details.get("lfs_per_node") or 0)
+        # Cores taken for good by the backend's own Raptor tasks, counted on the first node(s).
+        self.free_cores = [self.cores_per_node] * self.nodes
+        for index in range(self.nodes):
+            taken = min(reserved_cores, self.free_cores[index])
+            self.free_cores[index] -= taken
+            reserved_cores -= taken
+
+    def __str__(self) -> str:
+        return (f"{self.nodes} node(s) x {self.cores_per_node} cores, {self.gpus_per_node} GPUs"
+                f"{f', {self.mem_per_node} MB memory' if self.mem_per_node else ''} per node; "
+                f"{sum(self.free_cores)} cores free of the backend's Raptor")
+
+    def refuse(self, description: Mapping[str, Any]) -> str | None:
+        """Why the described task can never run in this pilot, or ``None`` when it can."""
+        if not self.cores_per_node:
+            return None  # RP did not report the pilot's size: nothing to check against
+        ranks = int(description.get("ranks") or 1)
+        cores = int(description.get("cores_per_rank") or 1)
+        gpus = float(description.get("gpus_per_rank") or 0)
+        mem = int(description.get("mem_per_rank") or 0)
+        lfs = int(description.get("lfs_per_rank") or 0)
+        per_node_cap = description.get("ranks_per_node")
+        if cores > self.cores_per_node:
+            return f"cores_per_rank={cores} exceeds the {self.cores_per_node} cores of a node"
+        if gpus > self.gpus_per_node:
+            return f"gpus_per_rank={gpus:g} exceeds the {self.gpus_per_node} GPUs of a node"
+        if mem and self.mem_per_node and mem > self.mem_per_node:
+            return f"mem_per_rank={mem} exceeds the {self.mem_per_node} MB of a node"
+        if lfs and self.lfs_per_node and lfs > self.lfs_per_node:
+            return f"lfs_per_rank={lfs} exceeds the {self.lfs_per_node} MB of local disk of a node"
+        fit = 0
+        for free in self.free_cores:
+            here = free // cores
+            if gpus:
+                here = min(here, int(self.gpus_per_node // gpus))
+            if per_node_cap:
+                here = min(here, int(per_node_cap))
+            fit += here
+        if ranks > fit:
+            return (f"ranks={ranks} x cores_per_rank={cores}"
+                    f"{f' x gpus_per_rank={gpus:g}' if gpus else ''} needs more than the pilot "
+                    f"has: at most {fit} such ranks fit")
+        return None
