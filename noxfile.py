@@ -108,3 +108,20 @@ def tests_dragon(session: nox.Session) -> None:
             failed.append(module)
     if failed:
         session.error(f"Dragon test modules failed: {failed}")
+
+
+@nox.session(name="tests-radical")
+def tests_radical(session: nox.Session) -> None:
+    """rhapsody-radical: conformance kit and RP specifics against real local.localhost pilots.
+
+    RP starts its helpers and the pilot agent from the active venv, so the nox venv is activated
+    for the run (VIRTUAL_ENV, PATH). Pilot sandboxes are removed by the tests.
+    """
+    import os
+
+    install_core(session)
+    session.install("./packages/rhapsody-radical[test]")
+    bin_dir = str(session.bin)
+    session.env["VIRTUAL_ENV"] = str(session.virtualenv.location)
+    session.env["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
+    session.run("pytest", "tests/radical", *session.posargs, env={"RHAPSODY_LOAD_PLUGINS": "radical"})
