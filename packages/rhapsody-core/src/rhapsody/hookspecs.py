@@ -55,8 +55,9 @@ def rhapsody_task_states_changed(tasks: Sequence[Task]) -> None:
     """Be told, in batches, that tasks have changed state.
 
     Called on the session's event-loop thread, once per hand-over: once for the tasks of each
-    ``submit_tasks`` call (state ``SUBMITTED``) and once for each batch of updates a backend
-    reports (``RUNNING``, ``DONE``, ``FAILED``, ``CANCELED``). Read the new state from
+    ``submit_tasks`` call per backend they go to (state ``SUBMITTED``, always before any later
+    state of those tasks) and once for each batch of updates a backend reports (``RUNNING``,
+    ``DONE``, ``FAILED``, ``CANCELED``; reports that change nothing are left out). Read the new state from
     ``task.state``. Implementations must be fast and must not block: they run on the hot path.
     Progress bars, telemetry and journals are built on this hook.
     """
