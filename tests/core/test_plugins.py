@@ -182,14 +182,22 @@ def test_unset_selection_loads_every_installed_plugin(site: pathlib.Path, tmp_pa
 
 def test_empty_selection_loads_no_installed_plugin(site: pathlib.Path) -> None:
     seen = run_python(site, '''
-        try:
-            rhapsody.get_backend("tiny")
-        except rhapsody.BackendUnavailableError as exc:
-            out([sorted(rhapsody.discover_backends()), str(exc)])
+        errors = []
+        for name in ("tinyplug", "tiny"):
+            try:
+                rhapsody.get_backend(name)
+            except rhapsody.BackendUnavailableError as exc:
+                errors.append(str(exc))
+        out([sorted(rhapsody.discover_backends()), errors])
     ''', load="")
     assert seen[0] == ["concurrent", "noop"]
-    assert seen[1] == ("no backend named 'tiny' is installed (known: concurrent, noop); install its "
-                       "distribution, e.g. pip install rhapsody-tiny")
+    assert seen[1] == [
+        # installed, but the selection leaves it out: say so rather than "pip install it"
+        "backend 'tinyplug' is installed but not loaded: RHAPSODY_LOAD_PLUGINS='' does not name it "
+        "(known: concurrent, noop)",
+        "no backend named 'tiny' is installed (known: concurrent, noop); install its distribution, "
+        "e.g. pip install rhapsody-tiny",
+    ]
 
 
 def test_plugin_that_fails_to_import_is_reported_and_others_work(site: pathlib.Path) -> None:

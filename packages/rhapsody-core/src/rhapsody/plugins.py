@@ -34,6 +34,7 @@ _load_lock = threading.Lock()
 _loaded = False
 _load_failures: dict[str, tuple[str | None, str | None, str]] = {}
 _plugin_dists: dict[str, tuple[str | None, str | None]] = {}
+_not_selected: set[str] = set()  # installed plugins that RHAPSODY_LOAD_PLUGINS left out
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def load_plugins() -> None:
         wanted = None if selection is None else {n.strip() for n in selection.split(",") if n.strip()}
         for entry_point in importlib.metadata.entry_points(group="rhapsody"):
             if wanted is not None and entry_point.name not in wanted:
+                _not_selected.add(entry_point.name)
                 continue
             if pm.has_plugin(entry_point.name):
                 continue
@@ -216,6 +218,11 @@ def get_backend(name: str, **options: Any) -> BaseBackend:
     info = found.get(name)
     if info is None:
         known = ", ".join(sorted(found)) or "none"
+        if name in _not_selected:
+            raise BackendUnavailableError(
+                f"backend {name!r} is installed but not loaded: RHAPSODY_LOAD_PLUGINS="
+                f"{os.environ.get('RHAPSODY_LOAD_PLUGINS', '')!r} does not name it (known: {known})"
+            )
         raise BackendUnavailableError(
             f"no backend named {name!r} is installed (known: {known}); install its distribution, "
             f"e.g. pip install rhapsody-{name}"
