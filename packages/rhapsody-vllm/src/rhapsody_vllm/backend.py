@@ -237,12 +237,15 @@ class VLLMBackend(BaseBackend):
         """
         self._event_loop = asyncio.get_running_loop()
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else None
-        # No pool timeout: requests beyond max_connections queue instead of failing.
+        # No pool timeout: requests beyond max_connections queue instead of failing. Idle
+        # connections are dropped before vLLM's server closes them (VLLM_HTTP_TIMEOUT_KEEP_ALIVE,
+        # 5 s): reusing one the server is closing at that moment would fail a request.
         self._client = httpx.AsyncClient(
             headers=headers,
             timeout=httpx.Timeout(None, connect=30.0),
             limits=httpx.Limits(max_connections=self._max_connections,
-                                max_keepalive_connections=self._max_connections),
+                                max_keepalive_connections=self._max_connections,
+                                keepalive_expiry=2.0),
         )
         try:
             if self._model is not None:
