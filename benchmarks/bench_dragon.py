@@ -66,22 +66,23 @@ async def _rhapsody_round(args: argparse.Namespace, profile: bool) -> tuple[floa
     report = ""
     async with rhapsody.Session(backends=[backend]) as session:
         tasks = [rhapsody.ComputeTask(function=noop, args=(i,)) for i in range(args.tasks)]
-        submit_profile, monitor_profile = cProfile.Profile(), cProfile.Profile()
+        # Python 3.12 allows one active cProfile per process: only the monitor thread is profiled,
+        # the submitting side is timed.
+        monitor_profile = cProfile.Profile()
         if profile:
             monitor = backend._monitor
             backend._monitor = lambda: monitor_profile.runcall(monitor)
-            submit_profile.enable()
         started = time.perf_counter()
         await session.submit_tasks(tasks)
+        submitted = time.perf_counter() - started
         await session.wait_tasks(tasks)
         wall = time.perf_counter() - started
-        if profile:
-            submit_profile.disable()
         assert [t.return_value for t in tasks] == list(range(args.tasks)), [t.exception for t in tasks][:3]
     if profile:
         # The monitor thread ends with close(); its profile is complete now.
-        report = (_top("loop thread (submit_tasks + wait_tasks)", submit_profile)
-                  + _top("monitor thread", monitor_profile))
+        report = (f"\nsubmit_tasks: {submitted:.3f} s for {args.tasks} tasks "
+                  f"({1e6 * submitted / args.tasks:.0f} us/task, Batch's own batch.function() included)"
+                  f"\nwall {wall:.3f} s\n" + _top("monitor thread", monitor_profile))
     return wall, report
 
 

@@ -1,7 +1,7 @@
 """Run one command under the ``dragon`` launcher and always clean up after it.
 
 ``python tests/dragon/dragon_run.py TIMEOUT_S PROGRAM [ARGS...]``: starts ``dragon PROGRAM ARGS``
-(the ``dragon`` next to this Python) in a process group of its own, waits at most TIMEOUT_S, then
+(the ``dragon`` next to this Python, else on PATH) in a process group of its own, waits at most TIMEOUT_S, then
 kills whatever is left of that group and removes the shared-memory pools the run created in
 /dev/shm (and the ``ddict_orc_*`` files DDicts leave in the working directory). A Dragon program that dies or hangs otherwise leaves processes and gigabytes of pools
 behind. (``dragon-cleanup`` is not used: it removes every /dev/shm file of the user.)
@@ -10,6 +10,7 @@ behind. (``dragon-cleanup`` is not used: it removes every /dev/shm file of the u
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +32,11 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     timeout = float(argv[0])
-    launcher = str(Path(sys.executable).with_name("dragon"))
+    sibling = Path(sys.executable).with_name("dragon")
+    launcher = str(sibling) if sibling.exists() else shutil.which("dragon")
+    if launcher is None:
+        print("dragon_run: no `dragon` launcher next to this Python or on PATH", file=sys.stderr)
+        return 2
     before = _dragon_pools()
     orchestrator_files = set(Path.cwd().glob("ddict_orc_*"))
     # A new process group, not a new session: the launcher hangs without its session.

@@ -32,6 +32,7 @@ from .templates import ProcessSpec, build_templates, check_options, find_program
 _DONE = "DONE"
 _FAILED = "FAILED"
 _CANCELED = "CANCELED"
+_ENDED = frozenset({_DONE, _FAILED, _CANCELED})
 
 
 def _run_coroutine_function(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -321,6 +322,10 @@ class DragonBackend(BaseBackend):
         stopping = self._stopping
         from dragon.workflows.batch import TaskCancelledError
 
+        # Entries taken from the registry and results found in the current sweep: if Dragon fails
+        # mid-sweep, they are still reported.
+        taken: dict[str, _Entry] = {}
+        updates: list[tuple[Task, str]] = []
         try:
             while not stopping.is_set():
                 tuid = poll(0.1)
@@ -330,28 +335,32 @@ class DragonBackend(BaseBackend):
                 while (tuid := poll(0)) is not None:
                     ready.append(tuid)
                 with lock:
-                    entries = [registry_pop(tuid, None) for tuid in ready]
-                    for entry in entries:
+                    for tuid in ready:
+                        entry = registry_pop(tuid, None)
                         if entry is not None:
+                            taken[tuid] = entry
                             tuid_of_pop(entry.task["uid"], None)
-                updates = []
                 # The results DDict client is shared with Batch's own Task.get(): hold its lock and
                 # aim each pop at the shard the task's result was written to.
                 with results_lock:
                     chosen = results._chosen_manager
                     try:
-                        for tuid, entry in zip(ready, entries):
-                            if entry is None:
-                                continue
+                        for tuid, entry in taken.items():
                             results._chosen_manager = entry.handle.core.result_ddict_idx
                             value, _traceback, raised = results.pop(tuid)
                             forget_task(tuid, None)
-                            updates.append(self._finish(entry, value, raised, tuid, cancelled,
-                                                        TaskCancelledError))
+                            if tuid in cancelled:
+                                # Reported CANCELED by cancel_task already.
+                                cancelled.discard(tuid)
+                                _drop_output(entry)
+                                continue
+                            updates.append(self._finish(entry, value, raised, TaskCancelledError))
                     finally:
                         results._chosen_manager = chosen
+                taken.clear()
                 if updates:
                     self.report(updates)
+                    updates = []
         except BaseException as exc:  # noqa: BLE001 - every task still held must end, never hang
             self._broken = exc
             with lock:
@@ -359,17 +368,20 @@ class DragonBackend(BaseBackend):
                 self._registry.clear()
                 self._tuid_of.clear()
                 cancelled.clear()
+            finished = {id(task) for task, _ in updates}
+            left += [entry for entry in taken.values()
+                     if id(entry.task) not in finished and entry.task["state"] not in _ENDED]
             for entry in left:
                 entry.task["exception"] = RuntimeError(f"dragon: the Batch failed: {exc!r}")
-            if left:
-                self.report([(entry.task, _FAILED) for entry in left])
+            updates += [(entry.task, _FAILED) for entry in left]
+            if updates:
+                self.report(updates)
 
     @staticmethod
-    def _finish(entry: _Entry, value: Any, raised: bool, tuid: str, cancelled: set[str],
+    def _finish(entry: _Entry, value: Any, raised: bool,
                 cancelled_error: type[BaseException]) -> tuple[Task, str]:
         task = entry.task
-        if tuid in cancelled or (raised and isinstance(value, cancelled_error)):
-            cancelled.discard(tuid)
+        if raised and isinstance(value, cancelled_error):
             _drop_output(entry)
             return task, _CANCELED
         if raised:
@@ -400,23 +412,26 @@ class DragonBackend(BaseBackend):
     async def cancel_task(self, task: Task) -> bool:
         """Ask Dragon to cancel ``task``; ``True`` when it accepted (the task ends ``CANCELED``).
 
-        A queued task never starts; a running one is stopped by its worker.
+        A queued task never starts; a running function is stopped by its worker; a running
+        executable's process group is killed. The task is reported ``CANCELED`` at once; its
+        later completion from Dragon is only used to forget it.
         """
         tuid = self._tuid_of.get(task["uid"])
         entry = self._registry.get(tuid) if tuid is not None else None
         if entry is None:
             return False
-        self._cancelled.add(tuid)  # type: ignore[arg-type]
-        # Dragon cannot stop a running process whose children live on: kill its group first.
-        _kill_group(entry)
-        try:
-            accepted = bool(await asyncio.to_thread(entry.handle.cancel, self._shutdown_timeout))
-        except BaseException:
-            self._cancelled.discard(tuid)  # type: ignore[arg-type]
-            raise
+        accepted = bool(await asyncio.to_thread(entry.handle.cancel, self._shutdown_timeout))
         if not accepted:
-            self._cancelled.discard(tuid)  # type: ignore[arg-type]
-        return accepted
+            return False
+        with self._lock:
+            # If the monitor already took the entry, it reports the task from its result.
+            pending = tuid in self._registry
+            if pending:
+                self._cancelled.add(tuid)  # type: ignore[arg-type]
+        if pending:
+            _kill_group(entry)
+            self.report([(task, _CANCELED)])
+        return True
 
     async def fence(self, timeout: float | None = None) -> None:
         """Wait until Dragon has run every task this backend submitted so far.
