@@ -47,3 +47,21 @@ def rp_pilot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         if sandbox is not None:
             shutil.rmtree(sandbox, ignore_errors=True)
         shutil.rmtree(Path(session.path), ignore_errors=True)
+    # The pilot's agent processes (re-parented, so found by the session id RP exports to them)
+    # end with the session.
+    marker = f"RP_SESSION_ID={session.uid}".encode()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _has(pid, marker)]
+        if not left:
+            break
+        time.sleep(0.2)
+    assert not left, f"processes of {session.uid} outlived it: {left}"
+
+
+def _has(pid: str, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as env:
+            return marker in env.read()
+    except OSError:
+        return False

@@ -26,15 +26,26 @@ rp = pytest.importorskip("radical.pilot")
 SANDBOX_ROOT = Path.home() / "radical.pilot.sandbox"
 
 
-def _rp_processes() -> set[int]:
+def _rp_processes(session_id: str) -> set[int]:
+    """Processes of that RP session: RP exports RP_SESSION_ID to the pilot's bootstrap and agent,
+    which outlive their parents (they are re-parented), so children of this process are not enough."""
+    marker = f"RP_SESSION_ID={session_id}".encode()
     found = set()
-    for proc in psutil.Process().children(recursive=True):
+    for proc in psutil.process_iter():
         try:
-            if "radical" in " ".join(proc.cmdline()):
-                found.add(proc.pid)
-        except psutil.Error:
+            with open(f"/proc/{proc.pid}/environ", "rb") as env:
+                if marker in env.read():
+                    found.add(proc.pid)
+        except OSError:
             continue
     return found
+
+
+def _until_no_rp_processes(session_id: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while _rp_processes(session_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _rp_processes(session_id), "RP processes outlived the backend"
 
 
 def _sessions() -> set[str]:
@@ -58,7 +69,7 @@ def test_own_session_runs_and_cleans_up(tmp_path: Path) -> None:
             await session.wait_tasks(tasks[:2])
             assert [t.state for t in tasks[:2]] == ["DONE", "DONE"]
             assert (tasks[0].stdout, tasks[1].return_value) == ("own\n", 6)
-            assert _rp_processes(), "the pilot's processes should be running"
+            assert _rp_processes(backend.session.uid), "the pilot's processes should be running"
         # Closing cancelled the sleeper, closed the session, and removed what RP wrote.
         assert tasks[2].state == "CANCELED"
         return backend, startup
@@ -68,10 +79,7 @@ def test_own_session_runs_and_cleans_up(tmp_path: Path) -> None:
     assert backend.pilot.state in rp.FINAL
     assert _sessions() == before, "the session sandbox was not removed"
     assert list(tmp_path.iterdir()) == [], "the client session directory was not removed"
-    deadline = time.monotonic() + 30
-    while _rp_processes() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _rp_processes(), "RP processes outlived the backend"
+    _until_no_rp_processes(backend.session.uid)
 
 
 def test_failed_pilot_fails_initialisation_with_rps_reason(tmp_path: Path) -> None:
@@ -84,7 +92,8 @@ def test_failed_pilot_fails_initialisation_with_rps_reason(tmp_path: Path) -> No
     assert "FAILED" in str(caught.value)
     assert "No such file or directory: '/proc/rhapsody-no-such-dir'" in str(caught.value)
     assert time.monotonic() - started < 300
-    assert backend.session is None or backend.session._closed
+    assert backend.session._closed
+    _until_no_rp_processes(backend.session.uid)
 
 
 def test_startup_timeout_is_a_bounded_error(tmp_path: Path) -> None:
@@ -93,6 +102,8 @@ def test_startup_timeout_is_a_bounded_error(tmp_path: Path) -> None:
     with pytest.raises(TimeoutError, match=r"was not active after 0.5 s \(state "):
         asyncio.run(asyncio.wait_for(backend._ensure_initialized(), 300))
     assert backend.session._closed
+    # The pilot was still starting: its bootstrap and agent must not outlive the backend.
+    _until_no_rp_processes(backend.session.uid)
 
 
 def test_unknown_resource_is_rps_error(tmp_path: Path) -> None:

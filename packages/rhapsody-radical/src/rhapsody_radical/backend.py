@@ -614,6 +614,12 @@ class RadicalBackend(BaseBackend):
         session_dir = Path(self._session.path) if self._owns_session and self._session else None
         pilot_sandbox = local_path(self._pilot.pilot_sandbox) if self._owns_pilot and self._pilot else None
         session_sandbox = local_path(self._pilot.session_sandbox) if self._owns_session and self._pilot else None
+        rp = self._rp
+        if self._owns_pilot and self._pilot is not None and self._pilot.state not in (
+                rp.PMGR_ACTIVE, *rp.FINAL):
+            # A pilot that is still starting never hears RP's cancel message, and its agent
+            # would outlive the session: have the launcher kill the pilot job first.
+            self._pmgr.kill_pilots(self._pilot.uid, _timeout=15)
         if self._tmgr is not None and not self._owns_session:
             self._tmgr.close()
         if self._owns_session and self._session is not None:
