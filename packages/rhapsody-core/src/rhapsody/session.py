@@ -8,7 +8,8 @@ a task ended, the session sets the state, resolves the future and forgets the ta
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .backend import BaseBackend, Update
@@ -59,6 +60,7 @@ class Session:
         self._inflight: dict[str, Task] = {}
         self._close_timeout = close_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._future_factory: Callable[[], asyncio.Future[Task]] = _not_started
         self._started = False
         self._closed = False
         # Reports a backend makes while the session is inside its submit_tasks (e.g. from the
@@ -97,7 +99,13 @@ class Session:
             raise SessionClosedError("this session has been closed")
         if self._started:
             return
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
+        # The stdlib loops' create_future() is a Python-level wrapper around Future(loop=...);
+        # calling the C constructor directly saves that frame per task. Other loops keep theirs.
+        if type(loop).create_future is asyncio.BaseEventLoop.create_future:
+            self._future_factory = functools.partial(asyncio.Future, loop=loop)
+        else:
+            self._future_factory = loop.create_future
         for backend in self._backends.values():
             backend.bind(self._receive, self._loop)
             await backend
@@ -151,7 +159,7 @@ class Session:
         inflight = self._inflight
         by_kind = self._by_kind
         validate = self._validate
-        create_future = self._loop.create_future  # type: ignore[union-attr]
+        create_future = self._future_factory
         set_future = object.__setattr__
         groups: dict[BaseBackend, list[Task]] = {}
         # One pass checks, routes and registers each task; any error undoes the whole call.
@@ -343,6 +351,10 @@ class Session:
                         f"task {task['uid']} was still running when its session closed"
                     )
             self._apply([(task, _CANCELED) for task in left])
+
+
+def _not_started() -> asyncio.Future[Task]:
+    raise RuntimeError("the session has not been started")
 
 
 def _failure_of(task: Task) -> BaseException:
