@@ -173,3 +173,36 @@ async def test_late_reports_that_change_nothing_are_not_announced(journal: Journ
     backend.report([(task, "RUNNING"), (task, "DONE")])
     assert task.state == "CANCELED"
     assert journal.batches == [["SUBMITTED"], ["CANCELED"]]
+
+
+async def test_plugin_registered_after_session_creation_is_heard() -> None:
+    import rhapsody
+    from rhapsody import ComputeTask, Session
+
+    class Late:
+        def __init__(self) -> None:
+            self.states: list[str] = []
+
+        @rhapsody.hookimpl
+        def rhapsody_task_states_changed(self, tasks):  # type: ignore[no-untyped-def]
+            self.states.extend(t.state for t in tasks)
+
+    async with Session(backends=["noop"]) as session:
+        late = Late()
+        rhapsody.register_plugin(late)
+        try:
+            task = ComputeTask(function=print)
+            await session.submit_tasks([task])
+            await session.wait_tasks([task])
+        finally:
+            rhapsody.unregister_plugin(late)
+        assert late.states == ["SUBMITTED", "DONE"]
+
+
+def test_empty_backend_list_is_an_error() -> None:
+    import pytest
+
+    from rhapsody import Session
+
+    with pytest.raises(ValueError, match=r"Session\(backends=\[\]\) has no backend"):
+        Session(backends=[])

@@ -204,7 +204,7 @@ async def test_duplicate_submission_of_a_running_uid() -> None:
         first = ComputeTask(function=workloads.add, args=(1, 2), uid="twin")
         await session.submit_tasks([first])
         second = ComputeTask(function=workloads.add, args=(1, 2), uid="twin")
-        with pytest.raises(ValueError, match=r"task uid 'twin' is already used by another task in flight"):
+        with pytest.raises(ValueError, match=r"task uid 'twin' is used twice: by another task in flight"):
             await session.submit_tasks([second])
         assert second.state == "NEW"
         release.set()
@@ -216,7 +216,7 @@ async def test_duplicate_uid_in_one_call() -> None:
     async with Session(backends=["noop"]) as session:
         a = ComputeTask(function=workloads.add, uid="same")
         b = ComputeTask(function=workloads.add, uid="same")
-        with pytest.raises(ValueError, match=r"task uid 'same' is already used by another task in flight"):
+        with pytest.raises(ValueError, match=r"task uid 'same' is used twice: by another task in flight or earlier in this call"):
             await session.submit_tasks([a, b])
         with pytest.raises(ValueError, match=r"task same has already been submitted; make a new task"):
             await session.submit_tasks([a, a])

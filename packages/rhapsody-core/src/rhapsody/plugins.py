@@ -31,6 +31,8 @@ pm = pluggy.PluginManager("rhapsody")
 pm.add_hookspecs(hookspecs)
 
 _load_lock = threading.Lock()
+# Bumped whenever run-time plugins come or go, so sessions re-read their hooks (cheaply) then.
+generation = 0
 _loaded = False
 _load_failures: dict[str, tuple[str | None, str | None, str]] = {}
 _plugin_dists: dict[str, tuple[str | None, str | None]] = {}
@@ -129,6 +131,7 @@ def register_plugin(plugin: Any, name: str | None = None) -> None:
         pluggy.PluginValidationError: as for :func:`load_plugins`.
         ValueError: a plugin of that name is already registered.
     """
+    global generation
     load_plugins()
     pm.register(plugin, name=name)
     try:
@@ -136,11 +139,14 @@ def register_plugin(plugin: Any, name: str | None = None) -> None:
     except pluggy.PluginValidationError:
         pm.unregister(plugin)
         raise
+    generation += 1
 
 
 def unregister_plugin(plugin: Any) -> None:
     """Remove a plugin registered with :func:`register_plugin`."""
+    global generation
     pm.unregister(plugin)
+    generation += 1
 
 
 def _backend_classes() -> tuple[dict[str, BackendInfo], dict[str, str]]:

@@ -12,6 +12,7 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from . import plugins
 from .backend import BaseBackend, Update
 from .errors import SessionClosedError, TaskExecutionError
 from .plugins import get_backend, hook_if_implemented
@@ -44,7 +45,10 @@ class Session:
         *,
         close_timeout: float = 60.0,
     ) -> None:
-        chosen = list(backends) if backends else ["concurrent"]
+        if backends is not None and not backends:
+            raise ValueError("Session(backends=[]) has no backend; pass None for the built-in "
+                             "'concurrent' backend, or name at least one")
+        chosen = list(backends) if backends is not None else ["concurrent"]
         self._backends: dict[str, BaseBackend] = {}
         for item in chosen:
             backend = get_backend(item) if isinstance(item, str) else item
@@ -67,9 +71,17 @@ class Session:
         # loop thread, synchronously) wait here, so plugins hear of a submission before its end.
         self._submitting = 0
         self._held: list[Update] = []
-        # Looked up once: an unimplemented hook then costs one attribute test per batch.
+        # Looked up again only when plugins change: an unimplemented hook then costs one
+        # attribute test per batch.
+        self._hook_generation = -1
+        self._validate: Any = None
+        self._notify: Any = None
+        self._refresh_hooks()
+
+    def _refresh_hooks(self) -> None:
         self._validate = hook_if_implemented("rhapsody_validate_task")
         self._notify = hook_if_implemented("rhapsody_task_states_changed")
+        self._hook_generation = plugins.generation
 
     @property
     def backends(self) -> dict[str, BaseBackend]:
@@ -158,6 +170,8 @@ class Session:
         tasks = tasks if isinstance(tasks, list) else list(tasks)
         inflight = self._inflight
         by_kind = self._by_kind
+        if self._hook_generation != plugins.generation:
+            self._refresh_hooks()
         validate = self._validate
         create_future = self._future_factory
         set_future = object.__setattr__
@@ -171,7 +185,10 @@ class Session:
                 if task._future is not None:
                     raise ValueError(f"task {uid} has already been submitted; make a new task")
                 if uid in inflight:
-                    raise ValueError(f"task uid {uid!r} is already used by another task in flight")
+                    raise ValueError(
+                        f"task uid {uid!r} is used twice: by another task in flight or earlier "
+                        "in this call"
+                    )
                 backend = by_kind.get(task.kind) if task["backend"] is None else None
                 if backend is None:
                     backend = self._route(task)
@@ -251,6 +268,8 @@ class Session:
                 future.set_exception(_failure_of(task))
             else:
                 future.cancel()
+        if self._hook_generation != plugins.generation:
+            self._refresh_hooks()
         if self._notify is not None:
             # Late reports that were ignored above changed nothing: plugins must not count them.
             changed = [task for task, state in updates if task["state"] == state]
