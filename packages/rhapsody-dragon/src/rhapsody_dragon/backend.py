@@ -410,27 +410,26 @@ class DragonBackend(BaseBackend):
     # -- cancel, fence, DDicts ---------------------------------------------------------------
 
     async def cancel_task(self, task: Task) -> bool:
-        """Ask Dragon to cancel ``task``; ``True`` when it accepted (the task ends ``CANCELED``).
+        """Cancel ``task`` unless it has already ended; ``True`` means it ends ``CANCELED``.
 
-        A queued task never starts; a running function is stopped by its worker; a running
-        executable's process group is killed. The task is reported ``CANCELED`` at once; its
-        later completion from Dragon is only used to forget it.
+        A queued task never starts (Dragon drops it); a running executable's process group is
+        killed; a running function is stopped by its worker. The task is reported ``CANCELED`` at
+        once, and whatever Dragon later returns for it is discarded.
         """
         tuid = self._tuid_of.get(task["uid"])
-        entry = self._registry.get(tuid) if tuid is not None else None
-        if entry is None:
-            return False
-        accepted = bool(await asyncio.to_thread(entry.handle.cancel, self._shutdown_timeout))
-        if not accepted:
-            return False
         with self._lock:
-            # If the monitor already took the entry, it reports the task from its result.
-            pending = tuid in self._registry
-            if pending:
-                self._cancelled.add(tuid)  # type: ignore[arg-type]
-        if pending:
-            _kill_group(entry)
-            self.report([(task, _CANCELED)])
+            entry = self._registry.get(tuid) if tuid is not None else None
+            if entry is None:
+                return False
+            # From here on the monitor drops this task's completion instead of reporting it.
+            self._cancelled.add(tuid)  # type: ignore[arg-type]
+        # Dragon 0.15 cannot stop a running process whose children live on: kill the group.
+        _kill_group(entry)
+        try:
+            await asyncio.to_thread(entry.handle.cancel, min(10.0, self._shutdown_timeout))
+        except Exception:  # noqa: BLE001 - a lost cancel reply still leaves the task cancelled here
+            pass
+        self.report([(task, _CANCELED)])
         return True
 
     async def fence(self, timeout: float | None = None) -> None:
