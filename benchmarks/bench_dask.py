@@ -2,9 +2,11 @@
 
 N no-op function tasks go (a) through ``client.map`` + ``client.gather``, (b) through
 ``client.submit`` per task + ``client.gather``, and (c) through a rhapsody ``Session`` with the
-``dask`` backend bound to the same client (task creation, submit, every result back on the task).
+``dask`` backend given the same cluster (task creation, submit, every result back on the task).
 Rounds alternate the three so that load changes on a shared machine hit them alike; the best
-round of each is compared. Prints wall times, tasks/s and the ratios rhapsody / raw.
+round of each is compared. Prints wall times, tasks/s and the ratios rhapsody / raw, plus the CPU
+time of this process (scheduler, client and rhapsody; the workers are other processes), which a
+busy shared machine disturbs much less than wall time.
 
     python benchmarks/bench_dask.py [--tasks 10000] [--rounds 3] [--workers 2]
 """
@@ -25,35 +27,46 @@ def noop(x: int) -> int:
     return x
 
 
-def raw_map(client: distributed.Client, n: int) -> float:
-    start = time.perf_counter()
+Timing = tuple[float, float]  # (wall seconds, CPU seconds of this process)
+
+
+def _since(start: Timing) -> Timing:
+    return time.perf_counter() - start[0], time.process_time() - start[1]
+
+
+def _now() -> Timing:
+    return time.perf_counter(), time.process_time()
+
+
+def raw_map(client: distributed.Client, n: int) -> Timing:
+    start = _now()
     futures = client.map(noop, range(n), pure=False)
     results = client.gather(futures)
-    wall = time.perf_counter() - start
+    spent = _since(start)
     assert results == list(range(n))
     del futures
-    return wall
+    return spent
 
 
-def raw_submit(client: distributed.Client, n: int) -> float:
-    start = time.perf_counter()
+def raw_submit(client: distributed.Client, n: int) -> Timing:
+    start = _now()
     futures = [client.submit(noop, i, pure=False) for i in range(n)]
     results = client.gather(futures)
-    wall = time.perf_counter() - start
+    spent = _since(start)
     assert results == list(range(n))
     del futures
-    return wall
+    return spent
 
 
-async def through_rhapsody(session: rhapsody.Session, n: int) -> float:
-    start = time.perf_counter()
+async def through_rhapsody(session: rhapsody.Session, n: int) -> Timing:
+    start = _now()
     tasks = [rhapsody.ComputeTask(function=noop, args=(i,)) for i in range(n)]
     await session.submit_tasks(tasks)
     await session.wait_tasks(tasks)
-    wall = time.perf_counter() - start
+    spent = _since(start)
     assert all(t.state == "DONE" for t in tasks)
     assert [t.return_value for t in tasks] == list(range(n))
-    return wall
+    return spent
 
 
 async def main(n: int, rounds: int, workers: int) -> None:
@@ -63,22 +76,26 @@ async def main(n: int, rounds: int, workers: int) -> None:
         client.wait_for_workers(workers)
         # Warm both paths once (imports, connections) with a small run.
         raw_map(client, 200)
-        backend = DaskBackend(client=client)
+        backend = DaskBackend(cluster=cluster)  # its own client, on the same cluster
         async with rhapsody.Session(backends=[backend]) as session:
             await through_rhapsody(session, 200)
-            walls: dict[str, list[float]] = {"map": [], "submit": [], "rhapsody": []}
+            runs: dict[str, list[Timing]] = {"map": [], "submit": [], "rhapsody": []}
             for r in range(rounds):
-                walls["map"].append(raw_map(client, n))
-                walls["rhapsody"].append(await through_rhapsody(session, n))
-                walls["submit"].append(raw_submit(client, n))
+                runs["map"].append(raw_map(client, n))
+                runs["rhapsody"].append(await through_rhapsody(session, n))
+                runs["submit"].append(raw_submit(client, n))
                 print(f"round {r + 1}: " + ", ".join(
-                    f"{name} {w[-1]:.2f} s" for name, w in walls.items()), flush=True)
-    best = {name: min(w) for name, w in walls.items()}
+                    f"{name} {t[-1][0]:.2f} s (cpu {t[-1][1]:.2f} s)" for name, t in runs.items()),
+                    flush=True)
+    wall = {name: min(t[0] for t in timings) for name, timings in runs.items()}
+    cpu = {name: min(t[1] for t in timings) for name, timings in runs.items()}
     print(f"\n{n} no-op tasks, {workers} workers x 1 thread, best of {rounds} rounds")
-    for name, wall in best.items():
-        print(f"  {name:9s} {wall:7.2f} s  {n / wall:8.0f} tasks/s")
-    print(f"wall ratio rhapsody/client.map    = {best['rhapsody'] / best['map']:.3f}")
-    print(f"wall ratio rhapsody/client.submit = {best['rhapsody'] / best['submit']:.3f}")
+    for name in runs:
+        print(f"  {name:9s} wall {wall[name]:7.2f} s  {n / wall[name]:8.0f} tasks/s   "
+              f"cpu here {cpu[name]:7.2f} s")
+    for raw, label in (("map", "client.map   "), ("submit", "client.submit")):
+        print(f"ratio rhapsody/{label}: wall {wall['rhapsody'] / wall[raw]:.3f}   "
+              f"cpu {cpu['rhapsody'] / cpu[raw]:.3f}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ _DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
 _DASK_OPTIONS = frozenset({"resources", "retries", "priority"})
 _EXECUTABLE_OPTIONS = _DASK_OPTIONS | {"cwd", "env", "shell"}
 _RESOURCE_POLL_S = 1.0
+_SMALL_BATCH = 64
+_BATCH_PATIENCE_S = 0.02
 _KILL_GRACE_S = 3.0
 
 
@@ -145,6 +147,7 @@ class DaskBackend(BaseBackend):
         self._ac: Any = None
         self._collector: threading.Thread | None = None
         self._killed_worker: type[BaseException] | None = None
+        self._direct_gather: bool | None = None
 
     @classmethod
     def check_available(cls) -> None:
@@ -199,6 +202,11 @@ class DaskBackend(BaseBackend):
                 with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
                     cluster = distributed.LocalCluster(**options)
                 self._own_cluster = cluster
+            if isinstance(cluster, distributed.LocalCluster):
+                # Its workers are on this machine: fetch results from them directly instead of
+                # through the scheduler (which shares this process). Elsewhere Dask's default
+                # stands: remote workers may not be reachable from here.
+                self._direct_gather = True
             try:
                 if getattr(cluster, "asynchronous", False):
                     self._client = distributed.Client(cluster.scheduler_address, set_as_default=False)
@@ -238,12 +246,21 @@ class DaskBackend(BaseBackend):
             else:
                 members.append((task, key))
             if resources:
-                self._restricted[key] = resources
+                with self._lock:
+                    self._restricted[key] = resources
             retries = task["task_backend_specific_kwargs"].get("retries")
             if retries:
                 self._retries_left[task["uid"]] = retries
         for group, members in groups.items():
-            self._map(group, members)
+            try:
+                self._map(group, members)
+            except Exception as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled
+                # Other groups may already be in Dask, so this call cannot be refused as a
+                # whole any more: these tasks fail with the reason instead.
+                for task, key in members:
+                    self._forget(task, key)
+                    task["exception"] = exc
+                    failed.append((task, _FAILED))
         if failed:
             self.report(failed)
         if self._restricted and self._watcher is None:
@@ -304,6 +321,11 @@ class DaskBackend(BaseBackend):
                 # The futures counted in _tracked are being added to ``ac`` right now.
                 time.sleep(0.001)
                 continue
+            if len(batch) < _SMALL_BATCH:
+                # Each batch costs a gather round trip through the scheduler; under a stream of
+                # completions, a few ms of patience turns many tiny batches into a few big ones.
+                time.sleep(_BATCH_PATIENCE_S)
+                batch.extend(ac.next_batch(block=False))
             try:
                 self._finish(batch)
             except BaseException as exc:  # noqa: BLE001 - never lose a batch: fail its tasks
@@ -342,7 +364,7 @@ class DaskBackend(BaseBackend):
         if finished:
             futures = [future for _, future in finished]
             try:
-                values = self.client.gather(futures)
+                values = self.client.gather(futures, direct=self._direct_gather)
             except BaseException:  # noqa: BLE001 - find which result could not be fetched
                 values = [_gather_one(future) for future in futures]
             for (task, future), value in zip(finished, values):
@@ -379,7 +401,18 @@ class DaskBackend(BaseBackend):
         if updates:
             self.report(updates)
         for task in resubmit:
-            self._resubmit(task)
+            try:
+                self._resubmit(task)
+            except Exception as exc:  # noqa: BLE001 - the retry could not be handed to Dask
+                task["exception"] = exc
+                self.report([(task, _FAILED)])
+
+    def _forget(self, task: Task, key: str) -> None:
+        """Drop what the backend keeps about a task that ends without a Dask future."""
+        with self._lock:
+            self._restricted.pop(key, None)
+            self._unsatisfiable_since.pop(key, None)
+        self._retries_left.pop(task["uid"], None)
 
     def _resubmit(self, task: Task) -> None:
         """Run a task whose worker was lost again, under a fresh Dask key."""
@@ -461,6 +494,7 @@ class DaskBackend(BaseBackend):
                         task, future = self._live.pop(key)
                         self._key_of.pop(task["uid"], None)
                         self._restricted.pop(key, None)
+                        self._retries_left.pop(task["uid"], None)
                         since.pop(key, None)
                         task["exception"] = UnsatisfiableResourcesError(
                             task["uid"], resources, why[0],
