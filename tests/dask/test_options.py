@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import distributed
@@ -80,6 +81,22 @@ def test_async_function_timeout_fails_with_timeout_error() -> None:
             with pytest.raises(TimeoutError, match="timeout of 0.5 s"):
                 await future
             assert task.state == "FAILED"
+
+    asyncio.run(asyncio.wait_for(body(), 180))
+
+
+def test_a_task_dask_cannot_serialise_fails_alone() -> None:
+    async def body() -> None:
+        async with Session(backends=[DaskBackend(n_workers=1)]) as session:
+            good = [ComputeTask(function=name_of_worker) for _ in range(3)]
+            bad = ComputeTask(function=name_of_worker, kwargs={"lock": threading.Lock()})
+            shell = ComputeTask(executable="true")
+            futures = await session.submit_tasks([shell, good[0], bad, *good[1:]])
+            with pytest.raises(TypeError, match="serialize"):
+                await futures[2]
+            await session.wait_tasks([shell, *good])
+            assert [t.state for t in (shell, *good)] == ["DONE"] * 4
+            assert "lock" in repr(bad.exception.args) and bad.state == "FAILED"
 
     asyncio.run(asyncio.wait_for(body(), 180))
 

@@ -254,13 +254,16 @@ class DaskBackend(BaseBackend):
         for group, members in groups.items():
             try:
                 self._map(group, members)
-            except Exception as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled
-                # Other groups may already be in Dask, so this call cannot be refused as a
-                # whole any more: these tasks fail with the reason instead.
+            except Exception:  # noqa: BLE001 - e.g. an argument that cannot be pickled
+                # Other groups may already be in Dask, so the call cannot be refused as a whole
+                # any more: hand the tasks over one by one and fail only those Dask refuses.
                 for task, key in members:
-                    self._forget(task, key)
-                    task["exception"] = exc
-                    failed.append((task, _FAILED))
+                    try:
+                        self._map(group, [(task, key)])
+                    except Exception as exc:  # noqa: BLE001 - this task's own reason
+                        self._forget(task, key)
+                        task["exception"] = exc
+                        failed.append((task, _FAILED))
         if failed:
             self.report(failed)
         if self._restricted and self._watcher is None:
