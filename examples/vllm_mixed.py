@@ -42,20 +42,23 @@ async def workflow(session: Session, n: int) -> None:
                    for seed in range(n)]
     await session.submit_tasks(simulations)
 
-    analyses: list[AITask] = []
+    # Each result becomes a prompt as soon as its simulation ends (completion order).
+    analysis_of: dict[str, AITask] = {}
     for finished in asyncio.as_completed([t.future for t in simulations]):
         sim = await finished
         result = sim.return_value
-        analyses.append(AITask(
+        analysis = AITask(
             f"A random walk ended at {result['final']} with peak distance {result['peak']}. "
             "Is that unusual? Answer in one sentence.",
             system_prompt="You are a terse statistician.",
             temperature=0.0, max_tokens=48, backend="vllm",
-        ))
-        await session.submit_tasks([analyses[-1]])
+        )
+        analysis_of[sim.uid] = analysis
+        await session.submit_tasks([analysis])
 
-    await session.wait_tasks(analyses, timeout=600)
-    for sim, answer in zip(simulations, analyses):
+    await session.wait_tasks(list(analysis_of.values()), timeout=600)
+    for sim in simulations:
+        answer = analysis_of[sim.uid]
         status = answer.response if answer.state == "DONE" else f"FAILED: {answer.exception}"
         print(f"{sim.uid}: {sim.return_value} -> [{answer.finish_reason}, "
               f"{answer.usage and answer.usage['completion_tokens']} tokens] {status!r}")
