@@ -9,6 +9,19 @@ package imports without it; ``RadicalBackend.check_available()`` raises its ``Im
 
 from __future__ import annotations
 
-from .backend import RadicalBackend
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .backend import RadicalBackend
 
 __all__ = ["RadicalBackend"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: Raptor workers import rhapsody_radical.functions for every function call, and must
+    # not pay for the backend (and rhapsody) each time.
+    if name == "RadicalBackend":
+        from .backend import RadicalBackend
+
+        return RadicalBackend
+    raise AttributeError(f"module 'rhapsody_radical' has no attribute {name!r}")

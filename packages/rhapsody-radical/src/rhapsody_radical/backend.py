@@ -124,7 +124,7 @@ class RadicalBackend(BaseBackend):
         activate_venv: bool = True,
     ) -> None:
         super().__init__()
-        pilot_options = {"resource": resource, "cores": cores, "gpus": gpus, "nodes": nodes,
+        pilot_options: dict[str, Any] = {"resource": resource, "cores": cores, "gpus": gpus, "nodes": nodes,
                          "runtime": runtime, "queue": queue, "project": project,
                          "access_schema": access_schema}
         if pilot is not None:
@@ -230,7 +230,7 @@ class RadicalBackend(BaseBackend):
     def _create(self) -> None:
         rp = self._rp
         if self._given_pilot is None:
-            options = {k: v for k, v in self._pilot_options.items()}
+            options = self._pilot_options
             description = pilot_description(
                 resource=options["resource"] or "local.localhost",
                 cores=options["cores"], gpus=options["gpus"], nodes=options["nodes"],
@@ -296,8 +296,11 @@ class RadicalBackend(BaseBackend):
             [rp.TaskDescription({"mode": rp.RAPTOR_MASTER, "name": "rhapsody-raptor-master"})],
             pilot_id=self._pilot.uid,
         )[0]
-        worker: dict[str, Any] = {"mode": rp.RAPTOR_WORKER, "ranks": 1,
-                                  "cores_per_rank": self._raptor_cores}
+        worker: dict[str, Any] = {
+            "mode": rp.RAPTOR_WORKER, "ranks": 1, "cores_per_rank": self._raptor_cores,
+            "raptor_file": str(Path(__file__).with_name("raptor_worker.py")),
+            "raptor_class": "RhapsodyWorker",
+        }
         if local_path(self._pilot.pilot_sandbox) is not None:
             # On this host, workers can import what the client imports (functions defined in
             # the user's own modules are pickled by reference).
@@ -661,5 +664,6 @@ def _rp_reason(rp_task: Any) -> str:
 
 
 def _is_async(function: Any) -> bool:
+    # An object whose __call__ is `async def` is awaited like an async function.
     return asyncio.iscoroutinefunction(function) or asyncio.iscoroutinefunction(
-        getattr(function, "__call__", None))
+        type(function).__call__)

@@ -7,17 +7,18 @@ the original return value and the original exception object, so the user's call 
 :func:`run_packed_async`. Those run in the worker, call the function, and return one base64 text
 that holds either the value or the exception; :func:`unpack_outcome` turns it back on the client.
 
-This module is imported by Raptor workers: it must stay light and free of ``radical.pilot``.
+This module is imported by Raptor workers, once per call (the worker forks a process for every
+task): it must stay light. It imports neither ``radical.pilot`` nor the backend, and cloudpickle
+only where plain pickle cannot do (what cloudpickle writes, plain ``pickle.loads`` reads).
 """
 
 from __future__ import annotations
 
 import base64
+import pickle
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-
-import cloudpickle
 
 _OK = "ok"
 _RAISED = "raised"
@@ -29,11 +30,19 @@ def pack_call(function: Callable[..., Any], args: Sequence[Any], kwargs: Mapping
     Raises:
         Exception: whatever cloudpickle raises when the function or an argument cannot be pickled.
     """
+    import cloudpickle  # carries __main__ functions, lambdas and closures by value
+
     return base64.b64encode(cloudpickle.dumps((function, tuple(args), dict(kwargs)))).decode()
 
 
 def _encode(kind: str, payload: Any) -> str:
-    return base64.b64encode(cloudpickle.dumps((kind, payload))).decode()
+    try:
+        data = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - e.g. a lambda in the result: cloudpickle can
+        import cloudpickle
+
+        data = cloudpickle.dumps((kind, payload))
+    return base64.b64encode(data).decode()
 
 
 def _encode_exception(exc: BaseException) -> str:
@@ -47,7 +56,7 @@ def _encode_exception(exc: BaseException) -> str:
 def run_packed(packed: str) -> str:
     """Worker side, for plain functions: run the packed call, return the packed outcome."""
     try:
-        function, args, kwargs = cloudpickle.loads(base64.b64decode(packed))
+        function, args, kwargs = pickle.loads(base64.b64decode(packed))
         value = function(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001 - every outcome, even SystemExit, goes back
         return _encode_exception(exc)
@@ -60,7 +69,7 @@ def run_packed(packed: str) -> str:
 async def run_packed_async(packed: str) -> str:
     """Worker side, for ``async def`` functions (the Raptor worker awaits coroutine functions)."""
     try:
-        function, args, kwargs = cloudpickle.loads(base64.b64decode(packed))
+        function, args, kwargs = pickle.loads(base64.b64decode(packed))
         value = await function(*args, **kwargs)
     except BaseException as exc:  # noqa: BLE001
         return _encode_exception(exc)
@@ -78,7 +87,7 @@ def unpack_outcome(text: Any) -> tuple[bool, Any]:
     """
     if not isinstance(text, str):
         raise ValueError(f"Raptor returned {type(text).__name__}, not a packed rhapsody outcome")
-    kind, payload = cloudpickle.loads(base64.b64decode(text))
+    kind, payload = pickle.loads(base64.b64decode(text))
     if kind == _OK:
         return True, payload
     if kind == _RAISED:
