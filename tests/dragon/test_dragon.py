@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dragon_support import runtime_missing
+from dragon_support import WORKERS, runtime_missing
 
 import rhapsody
 from rhapsody.testing import workloads
@@ -69,6 +69,23 @@ def test_monitor_starts_on_first_submit_and_keeps_nothing(dragon: Harness) -> No
     assert backend._registry == {} and backend._tuid_of == {} and backend._cancelled == set()
     # Results were popped from Batch's results DDict, not left in it.
     assert len(backend._batch.results_ddict) == 0
+
+
+@pytest.mark.skipif(WORKERS < 2, reason="needs two Batch workers (4+ logical CPUs) to run both at once")
+def test_quick_task_is_not_held_back_by_a_slow_one_launched_with_it(dragon: Harness) -> None:
+    # Batch notifies completions per launch group; the backend reads the results DDict instead.
+    slow = rhapsody.ComputeTask(function=workloads.sleep, args=(30,))
+    quick = rhapsody.ComputeTask(function=workloads.add, args=(1, 2))
+
+    async def body() -> float:
+        await dragon.session.submit_tasks([slow, quick])
+        started = time.monotonic()
+        await dragon.session.wait_tasks([quick], timeout=20)
+        return time.monotonic() - started
+
+    assert dragon.run(body()) < 20
+    assert quick.return_value == 3 and slow.state == "SUBMITTED"
+    assert dragon.run(dragon.session.cancel_task(slow)) is True
 
 
 def test_fence_waits_for_every_submitted_task(dragon: Harness) -> None:

@@ -1,9 +1,10 @@
 """``DragonBackend``: rhapsody tasks streamed through one always-running ``dragon.workflows.batch.Batch``.
 
 The hot path reads top to bottom in this file: :meth:`DragonBackend.submit_tasks` hands each task
-to the Batch and records it; the monitor thread (:meth:`DragonBackend._monitor`) takes the tuids
-Batch reports complete, pops each result from the Batch's results DDict (one round trip that reads
-and frees it), and hands the whole sweep to the session with one :meth:`report` call.
+to the Batch and records it; the monitor thread (:meth:`DragonBackend._monitor`) lists the keys of
+the Batch's results DDict (the results written and not yet taken), pops each one of ours (one
+round trip that reads and frees it), and hands the whole sweep to the session with one
+:meth:`report` call.
 
 Must run inside a Dragon runtime: start the program with the ``dragon`` launcher
 (``dragon my_workflow.py``).
@@ -33,6 +34,8 @@ _DONE = "DONE"
 _FAILED = "FAILED"
 _CANCELED = "CANCELED"
 _ENDED = frozenset({_DONE, _FAILED, _CANCELED})
+# The longest a completion waits for the monitor's next look at the results DDict.
+_SWEEP_INTERVAL_S = 0.05
 
 
 def _run_coroutine_function(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -315,7 +318,8 @@ class DragonBackend(BaseBackend):
         results = batch.results_ddict
         results_lock = batch._results_ddict_lock
         lock = self._lock
-        registry_pop = self._registry.pop
+        registry = self._registry
+        registry_pop = registry.pop
         tuid_of_pop = self._tuid_of.pop
         cancelled = self._cancelled
         forget_task = getattr(batch, "_task_log_tasks", {}).pop
@@ -328,12 +332,19 @@ class DragonBackend(BaseBackend):
         updates: list[tuple[Task, str]] = []
         try:
             while not stopping.is_set():
-                tuid = poll(0.1)
-                if tuid is None:
+                # Batch's own notices come per launch group (Pool.map_async calls back when the
+                # whole group is done), so a quick task would wait for the slow ones launched with
+                # it; they still wake the monitor at once. Readiness comes from the results DDict:
+                # its keys are exactly the results written and not yet taken.
+                tuid = poll(_SWEEP_INTERVAL_S)
+                while tuid is not None:
+                    tuid = poll(0)
+                if not registry:
                     continue
-                ready = [tuid]
-                while (tuid := poll(0)) is not None:
-                    ready.append(tuid)
+                with results_lock:
+                    ready = [key for key in results.keys() if key in registry]
+                if not ready:
+                    continue
                 with lock:
                     for tuid in ready:
                         entry = registry_pop(tuid, None)
