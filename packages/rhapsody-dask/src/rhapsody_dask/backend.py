@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import os
 import shlex
 import signal
@@ -34,6 +35,7 @@ from .resources import check_resources, why_unsatisfiable
 if TYPE_CHECKING:
     from distributed import Client, Future
 
+_log = logging.getLogger(__name__)
 _DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
 _DASK_OPTIONS = frozenset({"resources", "retries", "priority"})
 _EXECUTABLE_OPTIONS = _DASK_OPTIONS | {"cwd", "env", "shell"}
@@ -111,10 +113,10 @@ class DaskBackend(BaseBackend):
         for label, value in (("n_workers", n_workers), ("threads_per_worker", threads_per_worker)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"dask: {label} must be an integer >= 1, got {value!r}")
-        for label, value in (("unsatisfiable_timeout", unsatisfiable_timeout),
-                             ("close_timeout", close_timeout)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"dask: {label} must be a number of seconds >= 0, got {value!r}")
+        for label, seconds in (("unsatisfiable_timeout", unsatisfiable_timeout),
+                               ("close_timeout", close_timeout)):
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+                raise ValueError(f"dask: {label} must be a number of seconds >= 0, got {seconds!r}")
         if worker_resources is not None:
             worker_resources = check_resources("(worker_resources)", worker_resources)
         self._given_cluster = cluster
@@ -331,8 +333,8 @@ class DaskBackend(BaseBackend):
                 batch.extend(ac.next_batch(block=False))
             try:
                 self._finish(batch)
-            except BaseException as exc:  # noqa: BLE001 - never lose a batch: fail its tasks
-                self._fail_batch(batch, exc)
+            except Exception:  # noqa: BLE001 - the collector must outlive any one batch
+                _log.exception("rhapsody-dask: could not hand a batch of completions over")
 
     def _finish(self, batch: list[Future]) -> None:
         finished: list[tuple[Task, Future]] = []
@@ -342,7 +344,7 @@ class DaskBackend(BaseBackend):
             self._tracked -= len(batch)
             live_pop, key_of, restricted = self._live.pop, self._key_of, self._restricted
             for future in batch:
-                key = future.key
+                key: str = future.key  # type: ignore[assignment]  # the backend's own str keys
                 entry = live_pop(key, None)
                 if restricted:
                     restricted.pop(key, None)
@@ -364,13 +366,41 @@ class DaskBackend(BaseBackend):
                         "client went away) before it ended"
                     )
                     updates.append((task, _FAILED))
+        resubmit: list[Task] = []
+        try:
+            self._settle(finished, erred, updates, resubmit)
+        except BaseException as exc:  # noqa: BLE001 - never lose a task of the batch
+            settled = {id(task) for task, _ in updates} | {id(task) for task in resubmit}
+            for task, _ in [*finished, *erred]:
+                if id(task) not in settled:
+                    task["exception"] = exc
+                    updates.append((task, _FAILED))
+        for task, _ in updates:
+            self._retries_left.pop(task["uid"], None)
+        if updates:
+            self.report(updates)
+        for task in resubmit:
+            try:
+                self._resubmit(task)
+            except Exception as exc:  # noqa: BLE001 - the retry could not be handed to Dask
+                task["exception"] = exc
+                self.report([(task, _FAILED)])
+
+    def _settle(
+        self,
+        finished: list[tuple[Task, Future]],
+        erred: list[tuple[Task, Future]],
+        updates: list[tuple[Task, str]],
+        resubmit: list[Task],
+    ) -> None:
+        """Fill the result fields of ended tasks; collect their updates and the retries."""
         if finished:
             futures = [future for _, future in finished]
             try:
                 values = self.client.gather(futures, direct=self._direct_gather)
             except BaseException:  # noqa: BLE001 - find which result could not be fetched
                 values = [_gather_one(future) for future in futures]
-            for (task, future), value in zip(finished, values):
+            for (task, _), value in zip(finished, values):
                 if isinstance(value, _Unfetchable):
                     task["exception"] = value.error
                     updates.append((task, _FAILED))
@@ -379,7 +409,6 @@ class DaskBackend(BaseBackend):
                     updates.append((task, _DONE))
                 else:
                     updates.append((task, _executable_outcome(task, value)))
-        resubmit: list[Task] = []
         for task, future in erred:
             try:
                 error = future.exception()
@@ -399,16 +428,6 @@ class DaskBackend(BaseBackend):
                 task["stderr"] = f"{type(error).__name__}: {error}"
             task["exception"] = error
             updates.append((task, _FAILED))
-        for task, _ in updates:
-            self._retries_left.pop(task["uid"], None)
-        if updates:
-            self.report(updates)
-        for task in resubmit:
-            try:
-                self._resubmit(task)
-            except Exception as exc:  # noqa: BLE001 - the retry could not be handed to Dask
-                task["exception"] = exc
-                self.report([(task, _FAILED)])
 
     def _forget(self, task: Task, key: str) -> None:
         """Drop what the backend keeps about a task that ends without a Dask future."""
@@ -426,17 +445,6 @@ class DaskBackend(BaseBackend):
             with self._lock:
                 self._restricted[key] = resources
         self._map(group, [(task, key)])  # type: ignore[arg-type]
-
-    def _fail_batch(self, batch: list[Future], error: BaseException) -> None:
-        updates = []
-        with self._lock:
-            for future in batch:
-                entry = self._live.pop(future.key, None)
-                if entry is not None:
-                    entry[0]["exception"] = error
-                    updates.append((entry[0], _FAILED))
-        if updates:
-            self.report(updates)
 
     # -- resources ---------------------------------------------------------------------------
 
@@ -550,7 +558,7 @@ class DaskBackend(BaseBackend):
             if entries and self._client is not None:
                 try:
                     await self._cancel_futures([future for _, future in entries])
-                    running = [f.key for t, f in entries if t["function"] is None]
+                    running = [str(f.key) for t, f in entries if t["function"] is None]
                     if running:
                         await loop.run_in_executor(None, self._drain_runners, running)
                 except Exception:  # noqa: BLE001 - the cluster may already be gone; still close

@@ -29,9 +29,9 @@ def check_resources(uid: str, value: Any) -> dict[str, float]:
             raise TypeError(f"task {uid}: resources names must be non-empty strings, got {name!r}")
         if isinstance(amount, bool) or not isinstance(amount, Real):
             raise TypeError(f"task {uid}: resources[{name!r}] must be a number, got {amount!r}")
-        if not amount > 0:
+        if not float(amount) > 0:
             raise ValueError(f"task {uid}: resources[{name!r}] must be > 0, got {amount!r}")
-        checked[name] = amount
+        checked[name] = float(amount)
     return checked
 
 
