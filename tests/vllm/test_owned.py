@@ -27,9 +27,18 @@ GREEDY = {"temperature": 0.0}
 EXACT = {"task_backend_specific_kwargs": {"extra_body": {"ignore_eos": True}}}
 
 
+API_KEY = "owned-test-key"
+
+
+@pytest.fixture(scope="module")
+def server_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("owned") / "vllm-server.log"
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def owned(tiny_model: Path) -> AsyncIterator[tuple[Session, VLLMBackend]]:
-    backend = VLLMBackend(model=str(tiny_model), served_model_name="tiny", **TINY_ENGINE_OPTIONS)
+async def owned(tiny_model: Path, server_log: Path) -> AsyncIterator[tuple[Session, VLLMBackend]]:
+    backend = VLLMBackend(model=str(tiny_model), served_model_name="tiny", api_key=API_KEY,
+                          server_log=str(server_log), **TINY_ENGINE_OPTIONS)
     session = Session(backends=[backend])
     await session.start()
     try:
@@ -44,8 +53,11 @@ async def test_server_started_and_serves_the_model(owned: tuple[Session, VLLMBac
     assert server is not None and server.pid is not None
     assert backend.models == {"tiny": server.base_url}
     assert server.pid in group_members(server.pid)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
     async with httpx.AsyncClient() as client:
-        listed = (await client.get(f"{server.base_url}/models")).json()
+        listed = (await client.get(f"{server.base_url}/models", headers=auth)).json()
+        # api_key reached the server as --api-key: without it, requests are refused.
+        assert (await client.get(f"{server.base_url}/models")).status_code == 401
     assert [entry["id"] for entry in listed["data"]] == ["tiny"]
     assert listed["data"][0]["max_model_len"] == 256  # engine option passed through
 
@@ -276,7 +288,9 @@ async def test_cancel_in_flight_requests(owned: tuple[Session, VLLMBackend]) -> 
     assert after.state == "DONE"
 
 
-async def test_close_stops_the_whole_process_group(owned: tuple[Session, VLLMBackend]) -> None:
+async def test_close_stops_the_whole_process_group(
+    owned: tuple[Session, VLLMBackend], server_log: Path
+) -> None:
     session, backend = owned
     server = backend.server
     assert server is not None and server.pid is not None
@@ -288,3 +302,5 @@ async def test_close_stops_the_whole_process_group(owned: tuple[Session, VLLMBac
         with pytest.raises(httpx.ConnectError):
             await client.get(f"{server.base_url}/models")
     await backend.close()  # idempotent
+    # A log file the user named is theirs: it stays, with the server's output in it.
+    assert "Application startup complete" in server_log.read_text()
