@@ -25,7 +25,7 @@ import radical.pilot as rp  # noqa: I001 - RP wants to be imported before loggin
 
 import rhapsody
 from rhapsody_radical import RadicalBackend
-from rhapsody_radical.pilot import ensure_rp_environment, local_path
+from rhapsody_radical.pilot import ensure_rp_environment, local_path, wait_for_session_processes
 
 
 def square(x: int) -> int:
@@ -157,6 +157,7 @@ def main() -> None:
         asyncio.run(compare(pilot, tmgr, args))
     finally:
         session.close(terminate=True, download=False)
+        wait_for_session_processes(session.uid, 30)  # they write into the sandbox on their way out
         if sandbox is not None:
             shutil.rmtree(sandbox, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True)

@@ -20,7 +20,11 @@ os.environ["RHAPSODY_LOAD_PLUGINS"] = "radical"
 
 rp = pytest.importorskip("radical.pilot", reason="radical.pilot is not installed")
 
-from rhapsody_radical.pilot import ensure_rp_environment, local_path  # noqa: E402
+from rhapsody_radical.pilot import (  # noqa: E402
+    ensure_rp_environment,
+    local_path,
+    wait_for_session_processes,
+)
 
 PILOT_START_TIMEOUT = 300.0
 
@@ -44,24 +48,10 @@ def rp_pilot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield pilot
     finally:
         session.close(terminate=True, download=False)
+        # The pilot's agent processes end with the session; they write into the sandbox on their
+        # way out, so the sandbox is removed after they are gone.
+        left = wait_for_session_processes(session.uid, 30)
         if sandbox is not None:
             shutil.rmtree(sandbox, ignore_errors=True)
         shutil.rmtree(Path(session.path), ignore_errors=True)
-    # The pilot's agent processes (re-parented, so found by the session id RP exports to them)
-    # end with the session.
-    marker = f"RP_SESSION_ID={session.uid}".encode()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _has(pid, marker)]
-        if not left:
-            break
-        time.sleep(0.2)
     assert not left, f"processes of {session.uid} outlived it: {left}"
-
-
-def _has(pid: str, marker: bytes) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as env:
-            return marker in env.read()
-    except OSError:
-        return False

@@ -76,10 +76,12 @@ def test_own_session_runs_and_cleans_up(tmp_path: Path) -> None:
 
     backend, startup = asyncio.run(asyncio.wait_for(body(), 400))
     print(f"pilot start-up (session + pilot active): {startup:.1f} s")
-    assert backend.pilot.state in rp.FINAL
+    # RP stops updating the Pilot object once its session is closed: the processes tell.
+    assert backend.session._closed
+    _until_no_rp_processes(backend.session.uid)
+    # Checked once the pilot's processes are gone: they could otherwise write the sandbox anew.
     assert _sessions() == before, "the session sandbox was not removed"
     assert list(tmp_path.iterdir()) == [], "the client session directory was not removed"
-    _until_no_rp_processes(backend.session.uid)
 
 
 def test_failed_pilot_fails_initialisation_with_rps_reason(tmp_path: Path) -> None:

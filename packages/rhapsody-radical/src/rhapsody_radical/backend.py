@@ -33,6 +33,7 @@ from .pilot import (
     local_path,
     pilot_description,
     remove_tree,
+    wait_for_session_processes,
 )
 
 log = logging.getLogger("rhapsody_radical")
@@ -629,7 +630,13 @@ class RadicalBackend(BaseBackend):
             self._session.close(terminate=True, download=False)
         elif self._owns_pilot and self._pmgr is not None:
             self._pmgr.close(terminate=True)
-        if self._cleanup:
+        if self._cleanup and (self._owns_session or self._owns_pilot):
+            left = wait_for_session_processes(
+                self._session.uid, _CANCEL_GRACE,
+                None if self._owns_session else self._pilot.uid)
+            if left:
+                log.warning("radical backend: pilot processes %s still run; sandbox kept", left)
+                return
             if self._owns_session:
                 remove_tree(session_sandbox)
                 remove_tree(session_dir)

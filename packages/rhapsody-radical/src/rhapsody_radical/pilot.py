@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,37 @@ def failure_reason(pilot: Any) -> str:
     elif pilot.pilot_sandbox:
         parts.append(f"see the pilot sandbox {pilot.pilot_sandbox}")
     return "\n".join(parts)
+
+
+def wait_for_session_processes(session_id: str, timeout: float, pilot_id: str | None = None) -> list[int]:
+    """Wait until no process of that RP session (and pilot, if given) is left; return those
+    still alive at ``timeout``.
+
+    The pilot's bootstrap and agent are re-parented when the client lets go of them and write
+    their last files (profiles, logs) into the sandbox on their way out, so a sandbox removed
+    before they end comes back. RP exports ``RP_SESSION_ID`` to all of them. Linux only (/proc);
+    elsewhere this returns at once.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    markers = [f"RP_SESSION_ID={session_id}\0".encode()]
+    if pilot_id is not None:
+        markers.append(f"RP_PILOT_ID={pilot_id}\0".encode())
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for entry in proc.iterdir():
+            if entry.name.isdigit():
+                try:
+                    environ = (entry / "environ").read_bytes() + b"\0"
+                    if all(marker in environ for marker in markers):
+                        alive.append(int(entry.name))
+                except OSError:
+                    continue
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.2)
 
 
 def remove_tree(path: Path | None) -> None:
