@@ -209,14 +209,18 @@ class OwnedServer:
         Idempotent. Also reaps the server process and closes its log.
         """
         proc = self._proc
-        if proc is not None and not self._stopping:
+        if proc is not None and self.exited is not None:
+            # A second call (e.g. close while the death watch was stopping the group) skips the
+            # polite SIGTERM but still makes sure nothing of the group is left.
+            polite = not self._stopping
             self._stopping = True
-            _signal_group(proc.pid, signal.SIGTERM)
-            assert self.exited is not None
-            await asyncio.wait([self.exited], timeout=grace)
+            if polite:
+                _signal_group(proc.pid, signal.SIGTERM)
+                await asyncio.wait([self.exited], timeout=grace)
             # The engine-core and worker processes may outlive the API server: kill the group
             # whether or not the leader has exited, and return only once all of it is gone.
-            _signal_group(proc.pid, signal.SIGKILL)
+            if group_members(proc.pid):
+                _signal_group(proc.pid, signal.SIGKILL)
             await asyncio.wait([self.exited], timeout=max(grace, 5.0))
             deadline = time.monotonic() + max(grace, 5.0)
             while group_members(proc.pid) and time.monotonic() < deadline:
