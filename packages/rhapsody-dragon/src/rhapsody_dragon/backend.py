@@ -21,6 +21,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,10 @@ _DONE = "DONE"
 _FAILED = "FAILED"
 _CANCELED = "CANCELED"
 _ENDED = frozenset({_DONE, _FAILED, _CANCELED})
-# The longest a completion waits for the monitor's next look at the results DDict.
+# How long the monitor waits for a Batch notice before looking again, and how often it lists the
+# results DDict's keys (one round trip per shard) for results Batch has not announced yet.
 _SWEEP_INTERVAL_S = 0.05
+_LISTING_INTERVAL_S = 0.2
 
 
 def _run_coroutine_function(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -330,19 +333,26 @@ class DragonBackend(BaseBackend):
         # mid-sweep, they are still reported.
         taken: dict[str, _Entry] = {}
         updates: list[tuple[Task, str]] = []
+        monotonic = time.monotonic
+        next_listing = 0.0
         try:
             while not stopping.is_set():
-                # Batch's own notices come per launch group (Pool.map_async calls back when the
-                # whole group is done), so a quick task would wait for the slow ones launched with
-                # it; they still wake the monitor at once. Readiness comes from the results DDict:
-                # its keys are exactly the results written and not yet taken.
+                # Batch announces completions per launch group (Pool.map_async calls back when the
+                # whole group is done), so a quick task launched with slow ones would wait for them:
+                # announced tuids are ready at once, and every _LISTING_INTERVAL_S the results
+                # DDict's keys (results written and not yet taken) show the others.
+                ready = []
                 tuid = poll(_SWEEP_INTERVAL_S)
                 while tuid is not None:
+                    ready.append(tuid)
                     tuid = poll(0)
                 if not registry:
                     continue
-                with results_lock:
-                    ready = [key for key in results.keys() if key in registry]
+                now = monotonic()
+                if now >= next_listing:
+                    next_listing = now + _LISTING_INTERVAL_S
+                    with results_lock:
+                        ready += [key for key in results.keys() if key in registry]
                 if not ready:
                     continue
                 with lock:
