@@ -178,6 +178,17 @@ def test_function_timeout_fails_with_timeout_error(session: Session, loop: async
     assert task.state == "FAILED"
 
 
+def test_cancel_function_task(session: Session, loop: asyncio.AbstractEventLoop) -> None:
+    task = ComputeTask(function=workloads.sleep, args=(30,))
+    [future] = run(loop, session.submit_tasks([task]))
+    assert run(loop, session.cancel_task(task)) is True
+    assert task.state == "CANCELED" and future.cancelled()
+    # the worker is free again for the next call
+    after = ComputeTask(function=workloads.square, args=(5,))
+    run(loop, finish(session, after))
+    assert after.return_value == 25
+
+
 def test_functions_refused_without_raptor(rp_pilot: Any, loop: asyncio.AbstractEventLoop) -> None:
     async def body() -> None:
         async with Session(backends=[RadicalBackend(pilot=rp_pilot, raptor_workers=0)]) as plain:

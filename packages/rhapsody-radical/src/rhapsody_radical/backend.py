@@ -171,6 +171,7 @@ class RadicalBackend(BaseBackend):
         self._pilot_failure: str | None = None
         self._td_schema: frozenset[str] = frozenset()
         self._size: PilotSize | None = None
+        self._pilot_callback: Any = None
         self._uid_counter = itertools.count()
         self._uid_prefix = ""
 
@@ -254,7 +255,9 @@ class RadicalBackend(BaseBackend):
             self._owns_pilot = True
         else:
             self._pilot = self._given_pilot
-        self._pilot.register_callback(self._on_pilot_state)
+        # One bound-method object: RP keys callbacks by id(), unregistering needs the same one.
+        self._pilot_callback = self._on_pilot_state
+        self._pilot.register_callback(self._pilot_callback)
         self._tmgr = rp.TaskManager(session=self._session)
         self._uid_prefix = f"{self._tmgr.uid}.task."
         if self._owns_pilot:
@@ -570,8 +573,19 @@ class RadicalBackend(BaseBackend):
             uid = self._rp_uid.get(task["uid"])
             if uid is None or uid not in self._tasks:
                 return False
-            self._cancelled.add(uid)
+            if task["function"] is not None:
+                # Raptor does not report cancellations of calls reliably: the task ends here;
+                # a call already running in the worker may finish, its result is dropped.
+                del self._tasks[uid]
+                del self._rp_uid[task["uid"]]
+            else:
+                self._cancelled.add(uid)
         self._tmgr.cancel_tasks([uid])
+        if task["function"] is not None:
+            timer = self._timers.pop(uid, None)
+            if timer is not None:
+                timer.cancel()
+            self.report([(task, _CANCELED)])
         return True
 
     def _expire(self, uid: str) -> None:
@@ -624,6 +638,9 @@ class RadicalBackend(BaseBackend):
             # A pilot that is still starting never hears RP's cancel message, and its agent
             # would outlive the session: have the launcher kill the pilot job first.
             self._pmgr.kill_pilots(self._pilot.uid, _timeout=15)
+        if self._pilot is not None and not self._owns_pilot and self._pilot_callback is not None:
+            self._pilot.unregister_callback(self._pilot_callback)
+            self._pilot_callback = None
         if self._tmgr is not None and not self._owns_session:
             self._tmgr.close()
         if self._owns_session and self._session is not None:
