@@ -188,11 +188,15 @@ class DragonBackend(BaseBackend):
         return batch
 
     async def _shutdown(self) -> None:
-        """Stop the monitor, then join the Batch (or terminate it when tasks still run)."""
+        """Stop the monitor, then join the Batch (or terminate it when tasks still run).
+
+        Bounded: about ``shutdown_timeout`` + 10 s at most, whatever state Dragon is in.
+        """
         self._stopping.set()
         monitor = self._monitor_thread
         if monitor is not None:
-            await asyncio.to_thread(monitor.join, self._shutdown_timeout)
+            # The monitor looks at the stop flag at least every _SWEEP_INTERVAL_S.
+            await asyncio.to_thread(monitor.join, min(5.0, self._shutdown_timeout))
         try:
             if self._batch is not None:
                 await asyncio.to_thread(self._stop_batch)
@@ -212,17 +216,32 @@ class DragonBackend(BaseBackend):
             except Exception:  # noqa: BLE001 - already destroyed by its user, or runtime gone
                 pass
         self._ddicts.clear()
-        if self._registry or self._broken is not None:
-            # join() would wait for every running task; close must be bounded.
+        if not self._registry and self._broken is None:
+            # join() waits for Dragon's managers to wind down; its timeout bounds each of its
+            # steps, not the whole, so it runs aside and is given up on after shutdown_timeout.
+            failure: list[BaseException] = []
+
+            def join() -> None:
+                try:
+                    batch.join(timeout=self._shutdown_timeout)
+                except BaseException as exc:  # noqa: BLE001 - handed to the closing thread
+                    failure.append(exc)
+
+            joiner = threading.Thread(target=join, name="rhapsody-dragon-join", daemon=True)
+            joiner.start()
+            joiner.join(self._shutdown_timeout)
+            if not joiner.is_alive() and not failure:
+                return
+            batch.terminate(timeout=min(5.0, self._shutdown_timeout))
+            if failure:
+                raise RuntimeError("dragon: Batch.join() failed; the Batch was terminated") from failure[0]
+            return
+        else:
+            # Tasks still run: join() would wait for them. Kill executables' process groups here;
+            # terminate() stops Dragon's workers.
             for entry in list(self._registry.values()):
                 _kill_group(entry)
-            batch.terminate(timeout=min(5.0, self._shutdown_timeout))
-            return
-        try:
-            batch.join(timeout=self._shutdown_timeout)
-        except BaseException:
-            batch.terminate(timeout=min(5.0, self._shutdown_timeout))
-            raise
+        batch.terminate(timeout=min(5.0, self._shutdown_timeout))
 
     # -- submit ------------------------------------------------------------------------------
 
