@@ -3,8 +3,9 @@
 N no-op function tasks go (a) through ``client.map`` + ``client.gather``, (b) through
 ``client.submit`` per task + ``client.gather``, and (c) through a rhapsody ``Session`` with the
 ``dask`` backend given the same cluster (task creation, submit, every result back on the task).
-Rounds alternate the three so that load changes on a shared machine hit them alike; the best
-round of each is compared. Prints wall times, tasks/s and the ratios rhapsody / raw, plus the CPU
+Rounds rotate the order of the three so that load changes on a shared machine hit them alike,
+and each run starts once the scheduler has forgotten the previous run's tasks; the best round of
+each is compared. Prints wall times, tasks/s and the ratios rhapsody / raw, plus the CPU
 time of this process (scheduler, client and rhapsody; the workers are other processes), which a
 busy shared machine disturbs much less than wall time.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import time
 
 import distributed
@@ -69,6 +71,16 @@ async def through_rhapsody(session: rhapsody.Session, n: int) -> Timing:
     return spent
 
 
+def settle(client: distributed.Client) -> None:
+    """Wait until the scheduler holds no task of an earlier run (bounded), then collect garbage."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)) == 0:
+            break
+        time.sleep(0.2)
+    gc.collect()
+
+
 async def main(n: int, rounds: int, workers: int) -> None:
     with distributed.LocalCluster(
         n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
@@ -80,10 +92,16 @@ async def main(n: int, rounds: int, workers: int) -> None:
         async with rhapsody.Session(backends=[backend]) as session:
             await through_rhapsody(session, 200)
             runs: dict[str, list[Timing]] = {"map": [], "submit": [], "rhapsody": []}
+            order = ["map", "rhapsody", "submit"]
             for r in range(rounds):
-                runs["map"].append(raw_map(client, n))
-                runs["rhapsody"].append(await through_rhapsody(session, n))
-                runs["submit"].append(raw_submit(client, n))
+                for name in order[r % 3:] + order[:r % 3]:
+                    settle(client)
+                    if name == "map":
+                        runs["map"].append(raw_map(client, n))
+                    elif name == "submit":
+                        runs["submit"].append(raw_submit(client, n))
+                    else:
+                        runs["rhapsody"].append(await through_rhapsody(session, n))
                 print(f"round {r + 1}: " + ", ".join(
                     f"{name} {t[-1][0]:.2f} s (cpu {t[-1][1]:.2f} s)" for name, t in runs.items()),
                     flush=True)
