@@ -140,7 +140,7 @@ def main() -> None:
     base = Path("bench-radical-client").resolve()
     started = time.perf_counter()
     session = rp.Session(cfg={"base": str(base)})
-    sandbox = None
+    sandbox = scratch = None
     try:
         pmgr = rp.PilotManager(session=session)
         pilot = pmgr.submit_pilots(rp.PilotDescription(
@@ -149,6 +149,7 @@ def main() -> None:
         if pilot.state != rp.PMGR_ACTIVE:
             raise SystemExit(f"pilot did not start: {pilot.state}")
         sandbox = local_path(pilot.session_sandbox)
+        scratch = Path(pilot.resource_details["lfs_path"]) / session.uid
         startup = time.perf_counter() - started
         tmgr = rp.TaskManager(session=session)
         tmgr.add_pilots(pilot.as_dict())  # as the backend does: the pilot stays free for it
@@ -158,9 +159,9 @@ def main() -> None:
     finally:
         session.close(terminate=True, download=False)
         wait_for_session_processes(session.uid, 30)  # they write into the sandbox on their way out
-        if sandbox is not None:
-            shutil.rmtree(sandbox, ignore_errors=True)
-        shutil.rmtree(base, ignore_errors=True)
+        for path in (sandbox, scratch, base):
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 if __name__ == "__main__":

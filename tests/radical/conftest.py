@@ -35,7 +35,7 @@ def rp_pilot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     ensure_rp_environment(activate_venv=True)
     base = tmp_path_factory.mktemp("rp-client")
     session = rp.Session(cfg={"base": str(base)})
-    sandbox = None
+    sandbox = scratch = None
     try:
         pmgr = rp.PilotManager(session=session)
         pilot = pmgr.submit_pilots(rp.PilotDescription(
@@ -45,13 +45,14 @@ def rp_pilot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             time.sleep(0.2)
         assert pilot.state == rp.PMGR_ACTIVE, f"the test pilot did not start: {pilot.state}"
         sandbox = local_path(pilot.session_sandbox)
+        scratch = Path(pilot.resource_details["lfs_path"]) / session.uid  # the agent's /tmp/<sid>
         yield pilot
     finally:
         session.close(terminate=True, download=False)
         # The pilot's agent processes end with the session; they write into the sandbox on their
         # way out, so the sandbox is removed after they are gone.
         left = wait_for_session_processes(session.uid, 30)
-        if sandbox is not None:
-            shutil.rmtree(sandbox, ignore_errors=True)
-        shutil.rmtree(Path(session.path), ignore_errors=True)
+        for path in (sandbox, scratch, Path(session.path)):
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
     assert not left, f"processes of {session.uid} outlived it: {left}"

@@ -13,32 +13,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 import rhapsody
 from rhapsody import ComputeTask, Session
 from rhapsody_radical import RadicalBackend
-from rhapsody_radical.pilot import ensure_rp_environment
+from rhapsody_radical.pilot import ensure_rp_environment, session_processes
 
 rp = pytest.importorskip("radical.pilot")
 
 SANDBOX_ROOT = Path.home() / "radical.pilot.sandbox"
 
 
-def _rp_processes(session_id: str) -> set[int]:
-    """Processes of that RP session: RP exports RP_SESSION_ID to the pilot's bootstrap and agent,
-    which outlive their parents (they are re-parented), so children of this process are not enough."""
-    marker = f"RP_SESSION_ID={session_id}".encode()
-    found = set()
-    for proc in psutil.process_iter():
-        try:
-            with open(f"/proc/{proc.pid}/environ", "rb") as env:
-                if marker in env.read():
-                    found.add(proc.pid)
-        except OSError:
-            continue
-    return found
+def _rp_processes(session_id: str) -> list[int]:
+    return session_processes(session_id)
 
 
 def _until_no_rp_processes(session_id: str, timeout: float = 30) -> None:
@@ -70,11 +58,12 @@ def test_own_session_runs_and_cleans_up(tmp_path: Path) -> None:
             assert [t.state for t in tasks[:2]] == ["DONE", "DONE"]
             assert (tasks[0].stdout, tasks[1].return_value) == ("own\n", 6)
             assert _rp_processes(backend.session.uid), "the pilot's processes should be running"
+            scratch = Path(backend.pilot.resource_details["lfs_path"]) / backend.session.uid
         # Closing cancelled the sleeper, closed the session, and removed what RP wrote.
         assert tasks[2].state == "CANCELED"
-        return backend, startup
+        return backend, startup, scratch
 
-    backend, startup = asyncio.run(asyncio.wait_for(body(), 400))
+    backend, startup, scratch = asyncio.run(asyncio.wait_for(body(), 400))
     print(f"pilot start-up (session + pilot active): {startup:.1f} s")
     # RP stops updating the Pilot object once its session is closed: the processes tell.
     assert backend.session._closed
@@ -82,6 +71,7 @@ def test_own_session_runs_and_cleans_up(tmp_path: Path) -> None:
     # Checked once the pilot's processes are gone: they could otherwise write the sandbox anew.
     assert _sessions() == before, "the session sandbox was not removed"
     assert list(tmp_path.iterdir()) == [], "the client session directory was not removed"
+    assert not scratch.exists(), f"the agent's scratch directory {scratch} was not removed"
 
 
 def test_failed_pilot_fails_initialisation_with_rps_reason(tmp_path: Path) -> None:

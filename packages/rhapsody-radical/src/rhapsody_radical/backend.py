@@ -632,6 +632,10 @@ class RadicalBackend(BaseBackend):
         session_dir = Path(self._session.path) if self._owns_session and self._session else None
         pilot_sandbox = local_path(self._pilot.pilot_sandbox) if self._owns_pilot and self._pilot else None
         session_sandbox = local_path(self._pilot.session_sandbox) if self._owns_session and self._pilot else None
+        # The agent also makes a per-session directory in the node-local scratch path (/tmp).
+        lfs = (self._pilot.resource_details or {}).get("lfs_path") if self._pilot else None
+        session_scratch = (Path(lfs) / self._session.uid
+                           if lfs and session_sandbox is not None and self._session else None)
         rp = self._rp
         if self._owns_pilot and self._pilot is not None and self._pilot.state not in (
                 rp.PMGR_ACTIVE, *rp.FINAL):
@@ -657,6 +661,7 @@ class RadicalBackend(BaseBackend):
             if self._owns_session:
                 remove_tree(session_sandbox)
                 remove_tree(session_dir)
+                remove_tree(session_scratch)
             elif self._owns_pilot:
                 remove_tree(pilot_sandbox)
         self._tmgr = self._pmgr = None

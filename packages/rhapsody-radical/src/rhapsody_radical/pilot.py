@@ -183,32 +183,41 @@ def failure_reason(pilot: Any) -> str:
     return "\n".join(parts)
 
 
-def wait_for_session_processes(session_id: str, timeout: float, pilot_id: str | None = None) -> list[int]:
-    """Wait until no process of that RP session (and pilot, if given) is left; return those
-    still alive at ``timeout``.
+def session_processes(session_id: str, pilot_id: str | None = None) -> list[int]:
+    """Live processes of an RP session (or of one of its pilots) on this host.
 
-    The pilot's bootstrap and agent are re-parented when the client lets go of them and write
-    their last files (profiles, logs) into the sandbox on their way out, so a sandbox removed
-    before they end comes back. RP exports ``RP_SESSION_ID`` to all of them. Linux only (/proc);
-    elsewhere this returns at once.
+    They are found by the session id in their command line (bootstrap, bridges) or environment
+    (agent components: ``RP_PILOT_SANDBOX`` holds ``.../<session id>/<pilot id>/``), since they are
+    re-parented and no longer children of the client. Linux only (/proc); elsewhere ``[]``.
     """
     proc = Path("/proc")
     if not proc.is_dir():
         return []
-    markers = [f"RP_SESSION_ID={session_id}\0".encode()]
-    if pilot_id is not None:
-        markers.append(f"RP_PILOT_ID={pilot_id}\0".encode())
+    marker = (f"{session_id}/{pilot_id}/" if pilot_id else session_id).encode()
+    own = os.getpid()
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == own:
+            continue
+        try:
+            if (entry / "stat").read_bytes().rsplit(b") ", 1)[-1][:1] == b"Z":
+                continue  # exited, waiting to be reaped: holds nothing
+            if marker in (entry / "cmdline").read_bytes() or marker in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def wait_for_session_processes(session_id: str, timeout: float, pilot_id: str | None = None) -> list[int]:
+    """Wait until :func:`session_processes` finds none; return those still alive at ``timeout``.
+
+    The pilot's bootstrap and agent write their last files (profiles, logs) into the sandbox on
+    their way out, so a sandbox removed before they end comes back.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        alive = []
-        for entry in proc.iterdir():
-            if entry.name.isdigit():
-                try:
-                    environ = (entry / "environ").read_bytes() + b"\0"
-                    if all(marker in environ for marker in markers):
-                        alive.append(int(entry.name))
-                except OSError:
-                    continue
+        alive = session_processes(session_id, pilot_id)
         if not alive or time.monotonic() >= deadline:
             return alive
         time.sleep(0.2)
