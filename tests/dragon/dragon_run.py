@@ -55,8 +55,12 @@ def main(argv: list[str]) -> int:
             except ProcessLookupError:
                 break
             time.sleep(2)
+        # Only this runtime's pools: Dragon puts the launcher pid's last three digits in their
+        # names, and another runtime may be running on the machine.
+        tag = f"{process.pid % 1000:03d}"
         for name in _dragon_pools() - before:
-            (SHM / name).unlink(missing_ok=True)
+            if tag in name:
+                (SHM / name).unlink(missing_ok=True)
         # DDict orchestrators leave a file in the working directory.
         for path in set(Path.cwd().glob("ddict_orc_*")) - orchestrator_files:
             path.unlink(missing_ok=True)
