@@ -1,10 +1,10 @@
 """``DragonBackend``: rhapsody tasks streamed through one always-running ``dragon.workflows.batch.Batch``.
 
 The hot path reads top to bottom in this file: :meth:`DragonBackend.submit_tasks` hands each task
-to the Batch and records it; the monitor thread (:meth:`DragonBackend._monitor`) lists the keys of
-the Batch's results DDict (the results written and not yet taken), pops each one of ours (one
-round trip that reads and frees it), and hands the whole sweep to the session with one
-:meth:`report` call.
+to the Batch and records it; the monitor thread (:meth:`DragonBackend._monitor`) takes the tuids
+Batch announces and, every 0.2 s, those the Batch's results DDict lists (results written and not
+yet taken: Batch announces per launch group), pops each result (one round trip that reads and
+frees it), and hands the whole sweep to the session with one :meth:`report` call.
 
 Must run inside a Dragon runtime: start the program with the ``dragon`` launcher
 (``dragon my_workflow.py``).
