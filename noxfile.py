@@ -100,14 +100,23 @@ def tests_dragon(session: nox.Session) -> None:
     session.run("pytest", "tests/dragon/test_options.py", *session.posargs, env=DRAGON_TEST_ENV)
     failed = []
     for module in DRAGON_RUNTIME_MODULES:
-        try:
-            session.run("python", "tests/dragon/dragon_run.py", DRAGON_MODULE_TIMEOUT_S,
-                        f"{session.bin}/pytest", "-p", "no:cacheprovider", module, *session.posargs,
-                        env=DRAGON_TEST_ENV)
-        except nox.command.CommandFailed:
-            failed.append(module)
+        # dragonhpc 0.15 fails now and then inside its own runtime on a loaded 2-core machine
+        # (e.g. "ProcessGroup manager is not in state State.DEAD"); a module that fails is run
+        # once more in a fresh runtime, and the first failure stays in the log, marked below.
+        for attempt in (1, 2):
+            try:
+                session.run("python", "tests/dragon/dragon_run.py", DRAGON_MODULE_TIMEOUT_S,
+                            f"{session.bin}/pytest", "-p", "no:cacheprovider", module,
+                            *session.posargs, env=DRAGON_TEST_ENV)
+                break
+            except nox.command.CommandFailed:
+                if attempt == 2:
+                    failed.append(module)
+                else:
+                    session.warn(f"RETRY: {module} failed in its Dragon runtime; running it once "
+                                 "more in a fresh runtime")
     if failed:
-        session.error(f"Dragon test modules failed: {failed}")
+        session.error(f"Dragon test modules failed twice: {failed}")
 
 
 @nox.session(name="tests-radical")
