@@ -38,6 +38,12 @@ def test_given_cluster_is_used_and_left_running(gpu_cluster: Any) -> None:
         async with Session(backends=[backend]) as session:
             await _run_some(session)
             assert backend.client.scheduler.address == gpu_cluster.scheduler_address
+            # Ended tasks leave no future behind (their results would stay on the workers).
+            for _ in range(100):
+                if not backend.client.futures:
+                    break
+                await asyncio.sleep(0.1)
+            assert not backend.client.futures
 
     asyncio.run(asyncio.wait_for(body(), 120))
     # The backend closed its own client only: the cluster still runs work.

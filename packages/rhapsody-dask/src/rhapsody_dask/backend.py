@@ -335,6 +335,8 @@ class DaskBackend(BaseBackend):
                 self._finish(batch)
             except Exception:  # noqa: BLE001 - the collector must outlive any one batch
                 _log.exception("rhapsody-dask: could not hand a batch of completions over")
+            # Holding the futures while idle would keep their results on the workers.
+            del batch
 
     def _finish(self, batch: list[Future]) -> None:
         finished: list[tuple[Task, Future]] = []
