@@ -23,7 +23,7 @@ def test_function_task_fields_and_kind() -> None:
     assert task.state == TaskState.NEW == "NEW"
     assert task.args == (1, 2)
     assert task.kwargs == {"x": 1}
-    assert task.arguments == []
+    assert task.arguments == ()  # executables only; an immutable empty tuple for functions
     assert task.task_backend_specific_kwargs == {}
     assert (task.return_value, task.exception, task.stdout, task.stderr, task.exit_code) == (
         None, None, None, None, None)

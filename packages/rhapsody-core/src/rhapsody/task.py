@@ -235,7 +235,8 @@ class ComputeTask(Task):
                     "ComputeTask: arguments=[...] is for executables; pass a function's "
                     "arguments as args=(...) and kwargs={...}"
                 )
-            arguments = []
+            # An immutable empty tuple: nothing to allocate or garbage-collect per function task.
+            arguments = ()
         if timeout is not None and (
             isinstance(timeout, bool)
             or not (isinstance(timeout, (int, float)) and timeout > 0 and math.isfinite(timeout))
