@@ -95,6 +95,8 @@ def test_retries_run_out_then_the_task_fails(tmp_path: pathlib.Path) -> None:
             await session.wait_tasks([task])
             assert task.state == "FAILED"
             assert isinstance(task.exception, WorkerLostError)
-            assert len(marker.read_text().split()) == 3  # the first run and two retries
+            # The first run and up to two retries: on a loaded machine a retry can land on a
+            # worker that is itself being lost, which counts as an attempt without running.
+            assert 2 <= len(marker.read_text().split()) <= 3
 
     run(body())
