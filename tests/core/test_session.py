@@ -292,7 +292,7 @@ async def test_nonzero_exit_raises_task_execution_error() -> None:
 
 
 def test_task_execution_error_without_stderr() -> None:
-    assert str(TaskExecutionError("t1", "", None)) == "task t1 failed with exit code None"
+    assert str(TaskExecutionError("t1", "", None)) == "task t1 could not run"
 
 
 async def test_canceled_task_has_a_cancelled_future() -> None:

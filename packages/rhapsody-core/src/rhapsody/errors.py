@@ -18,7 +18,10 @@ class TaskExecutionError(Exception):
         self.exit_code = exit_code
         tail = stderr.strip().splitlines()[-1:] if stderr else []
         detail = f": {tail[0]}" if tail else ""
-        super().__init__(f"task {uid} failed with exit code {exit_code}{detail}")
+        if exit_code is None:
+            super().__init__(f"task {uid} could not run{detail}")
+        else:
+            super().__init__(f"task {uid} failed with exit code {exit_code}{detail}")
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.uid, self.stderr, self.exit_code))
