@@ -10,11 +10,36 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import os
 import threading
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from .task import Task
+
+
+def check_process_options(uid: str, options: Mapping[str, Any]) -> None:
+    """Check the types of the ``cwd``, ``env`` and ``shell`` keys of a task's options.
+
+    For backends that run executables as local processes; each backend still decides which keys
+    it accepts at all.
+
+    Raises:
+        TypeError: ``env`` is not a dict of str to str, ``cwd`` is not a path, or ``shell`` is
+            not a bool (the message names the task and the key).
+    """
+    env = options.get("env")
+    if env is not None and not (
+        isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    ):
+        raise TypeError(f"task {uid}: env must be a dict of str to str, got {env!r}")
+    cwd = options.get("cwd")
+    if cwd is not None and not isinstance(cwd, (str, os.PathLike)):
+        raise TypeError(f"task {uid}: cwd must be a path, got {cwd!r}")
+    shell = options.get("shell")
+    if shell is not None and not isinstance(shell, bool):
+        raise TypeError(f"task {uid}: shell must be True or False, got {shell!r}")
+
 
 Update = tuple[Task, str]
 """One state change: the task (its result fields already filled) and its new state."""

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rhapsody import BaseBackend, TaskState
+from rhapsody.backend import check_process_options
 from rhapsody.task import Task
 
 from .errors import UnsatisfiableResourcesError, WorkerLostError
@@ -631,7 +632,7 @@ def _plan(task: Task) -> tuple[tuple[Any, ...], dict[str, float] | None]:
         if retries is not None and retries < 0:
             raise ValueError(f"task {uid}: retries must be >= 0, got {retries!r}")
         if executable:
-            _check_executable_options(uid, options)
+            check_process_options(uid, options)
     frozen = tuple(sorted(resources.items())) if resources else None
     return (kind, frozen, retries or None, priority), resources
 
@@ -649,20 +650,6 @@ def _key_prefix(task: Task) -> str:
     else:
         name = os.path.basename(task["executable"].split(maxsplit=1)[0] or "") or "executable"
     return name.replace("-", "_")
-
-
-def _check_executable_options(uid: str, options: Mapping[str, Any]) -> None:
-    env = options.get("env")
-    if env is not None and not (
-        isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
-    ):
-        raise TypeError(f"task {uid}: env must be a dict of str to str, got {env!r}")
-    cwd = options.get("cwd")
-    if cwd is not None and not isinstance(cwd, (str, os.PathLike)):
-        raise TypeError(f"task {uid}: cwd must be a path, got {cwd!r}")
-    shell = options.get("shell")
-    if shell is not None and not isinstance(shell, bool):
-        raise TypeError(f"task {uid}: shell must be True or False, got {shell!r}")
 
 
 def _executable_outcome(task: Task, value: tuple[int, str, str, str | None]) -> str:

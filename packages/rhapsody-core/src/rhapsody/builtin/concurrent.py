@@ -24,7 +24,7 @@ from typing import Any
 
 import cloudpickle
 
-from ..backend import BaseBackend
+from ..backend import BaseBackend, check_process_options
 from ..hookspecs import hookimpl
 from ..states import TaskState
 from ..task import Task
@@ -305,17 +305,7 @@ def _check_executable_options(task: Task, options: dict[str, Any]) -> None:
             f"task {task['uid']}: concurrent does not understand task_backend_specific_kwargs "
             f"{sorted(unknown)} (it takes {sorted(_EXECUTABLE_OPTIONS)})"
         )
-    env = options.get("env")
-    if env is not None and not (
-        isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
-    ):
-        raise TypeError(f"task {task['uid']}: env must be a dict of str to str, got {env!r}")
-    cwd = options.get("cwd")
-    if cwd is not None and not isinstance(cwd, (str, os.PathLike)):
-        raise TypeError(f"task {task['uid']}: cwd must be a path, got {cwd!r}")
-    shell = options.get("shell")
-    if shell is not None and not isinstance(shell, bool):
-        raise TypeError(f"task {task['uid']}: shell must be True or False, got {shell!r}")
+    check_process_options(task["uid"], options)
 
 
 def _pickle_chunk(chunk: list[Task]) -> bytes:
