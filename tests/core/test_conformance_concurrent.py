@@ -23,3 +23,10 @@ class TestConcurrentProcesses(BackendConformance):
         pool = ProcessPoolExecutor(max_workers=2)
         request.addfinalizer(pool.shutdown)
         return get_backend("concurrent", executor=pool, max_subprocesses=4)
+
+
+class TestConcurrentCloseOnSharedSession(BackendConformance):
+    """The kit's option for heavy engines: the close test closes the class's own session."""
+
+    backend_name = "concurrent"
+    close_shared_session = True

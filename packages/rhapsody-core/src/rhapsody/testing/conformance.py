@@ -65,6 +65,9 @@ class BackendConformance:
         task_timeout: seconds any single test may take before it fails as hung.
         many_tasks: how many tasks the throughput test runs.
         queue_fill: how many blocking tasks are submitted to make sure a task stays queued.
+        close_shared_session: run the close test on the class's shared session (it is the
+            kit's last test) instead of a second backend instance — for engines where two
+            instances side by side are too heavy for the machine.
 
     Override :meth:`make_backend` to build the backend yourself (e.g. around a cluster object)
     and :meth:`executable_options` when the backend spells cwd/env/shell differently.
@@ -76,6 +79,7 @@ class BackendConformance:
     task_timeout: ClassVar[float] = 120.0
     many_tasks: ClassVar[int] = 100
     queue_fill: ClassVar[int] = 16
+    close_shared_session: ClassVar[bool] = False
 
     # -- hooks for backend authors -----------------------------------------------------------
 
@@ -389,10 +393,8 @@ class BackendConformance:
     def test_close_is_bounded_and_kills_what_runs(self, request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> None:
         self.require("executable", "close_kills")
         pid_file = tmp_path / "child.pid"
-        loop = asyncio.new_event_loop()
 
-        async def body() -> None:
-            session = Session(backends=[self.make_backend(request)])
+        async def body(session: Session) -> None:
             async with session:
                 task = self._shell_task(f"sleep 300 & echo $! > {pid_file}; wait")
                 [future] = await session.submit_tasks([task])
@@ -404,8 +406,16 @@ class BackendConformance:
             with pytest.raises(RuntimeError, match="closed"):
                 await session.submit_tasks([self._shell_task("true")])
 
+        if self.close_shared_session:
+            # The class's own session: this is the kit's last test, and the fixture's own
+            # close afterwards is a no-op.
+            harness: ConformanceHarness = request.getfixturevalue("rhapsody_harness")
+            harness.run(body)
+            return
+        loop = asyncio.new_event_loop()
         try:
-            loop.run_until_complete(asyncio.wait_for(body(), self.task_timeout))
+            session = Session(backends=[self.make_backend(request)])
+            loop.run_until_complete(asyncio.wait_for(body(session), self.task_timeout))
         finally:
             loop.close()
 
