@@ -17,7 +17,7 @@ from ..backend import BaseBackend
 from ..plugins import get_backend
 from ..session import Session
 from ..task import AITask, ComputeTask
-from .conformance import ConformanceHarness
+from .conformance import ConformanceHarness, shared_harness
 
 
 class AIBackendConformance:
@@ -44,17 +44,7 @@ class AIBackendConformance:
     @pytest.fixture(scope="class")
     @classmethod
     def rhapsody_ai_harness(cls, request: pytest.FixtureRequest) -> Iterator[ConformanceHarness]:
-        suite = cls()
-        loop = asyncio.new_event_loop()
-        try:
-            session = Session(backends=[suite.make_backend(request)])
-            loop.run_until_complete(asyncio.wait_for(session.start(), cls.task_timeout))
-            try:
-                yield ConformanceHarness(loop, session, suite)  # type: ignore[arg-type]
-            finally:
-                loop.run_until_complete(asyncio.wait_for(session.close(), cls.task_timeout))
-        finally:
-            loop.close()
+        yield from shared_harness(cls(), request)
 
     def _task(self, prompt: str | list[str] = "Say something.", **fields: Any) -> AITask:
         fields.setdefault("max_tokens", 8)

@@ -43,7 +43,7 @@ FEATURES = frozenset({
 class ConformanceHarness:
     """Runs coroutines on the kit's event loop against the shared session."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, session: Session, suite: BackendConformance) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, session: Session, suite: Any) -> None:
         self.loop = loop
         self.session = session
         self.suite = suite
@@ -52,6 +52,20 @@ class ConformanceHarness:
         """Run ``body(session)`` to completion; fail the test if it takes over ``timeout`` s."""
         bound = timeout if timeout is not None else self.suite.task_timeout
         return self.loop.run_until_complete(asyncio.wait_for(body(self.session), bound))
+
+
+def shared_harness(suite: Any, request: pytest.FixtureRequest) -> Iterator[ConformanceHarness]:
+    """One event loop, backend and started session for a whole test class; closed at its end."""
+    loop = asyncio.new_event_loop()
+    try:
+        session = Session(backends=[suite.make_backend(request)])
+        loop.run_until_complete(asyncio.wait_for(session.start(), suite.task_timeout))
+        try:
+            yield ConformanceHarness(loop, session, suite)
+        finally:
+            loop.run_until_complete(asyncio.wait_for(session.close(), suite.task_timeout))
+    finally:
+        loop.close()
 
 
 class BackendConformance:
@@ -107,17 +121,7 @@ class BackendConformance:
     @pytest.fixture(scope="class")
     @classmethod
     def rhapsody_harness(cls, request: pytest.FixtureRequest) -> Iterator[ConformanceHarness]:
-        suite = cls()
-        loop = asyncio.new_event_loop()
-        try:
-            session = Session(backends=[suite.make_backend(request)])
-            loop.run_until_complete(asyncio.wait_for(session.start(), cls.task_timeout))
-            try:
-                yield ConformanceHarness(loop, session, suite)
-            finally:
-                loop.run_until_complete(asyncio.wait_for(session.close(), cls.task_timeout))
-        finally:
-            loop.close()
+        yield from shared_harness(cls(), request)
 
     def require(self, *features: str) -> None:
         for feature in features:
