@@ -33,6 +33,7 @@ from .pilot import (
     local_path,
     pilot_description,
     remove_tree,
+    verified,
     wait_for_session_processes,
 )
 
@@ -396,12 +397,7 @@ class RadicalBackend(BaseBackend):
         return options
 
     def _verified(self, task: Task, described: dict[str, Any], rp: Any) -> Any:
-        try:
-            return rp.TaskDescription(from_dict=described).verify()
-        except TypeError as exc:
-            raise TypeError(f"task {task['uid']}: RADICAL-Pilot rejects the task: {exc}") from exc
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"task {task['uid']}: RADICAL-Pilot rejects the task: {exc}") from exc
+        return verified(rp.TaskDescription, described, f"task {task['uid']}: RADICAL-Pilot rejects the task")
 
     def _describe_executable(self, task: Task, rp: Any) -> Any:
         options = self._options(task, None)

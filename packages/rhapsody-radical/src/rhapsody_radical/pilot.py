@@ -113,12 +113,17 @@ def pilot_description(
             raise ValueError(f"radical backend: {key!r} is given both as an option and in pilot_description")
         described[key] = value
     described.update(_FORCED_PILOT_KEYS)
+    return verified(rp.PilotDescription, described, "radical backend: bad pilot description")
+
+
+def verified(description_class: Any, described: dict[str, Any], context: str) -> Any:
+    """Build and verify an RP description; RP's complaint becomes TypeError/ValueError after ``context``."""
     try:
-        return rp.PilotDescription(from_dict=described).verify()
+        return description_class(from_dict=described).verify()
     except TypeError as exc:
-        raise TypeError(f"radical backend: bad pilot description: {exc}") from exc
+        raise TypeError(f"{context}: {exc}") from exc
     except (KeyError, ValueError) as exc:
-        raise ValueError(f"radical backend: bad pilot description: {exc}") from exc
+        raise ValueError(f"{context}: {exc}") from exc
 
 
 def local_path(url: Any) -> Path | None:
