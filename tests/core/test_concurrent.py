@@ -367,3 +367,36 @@ async def test_a_broken_pool_fails_its_tasks_and_loses_none() -> None:
             assert session.in_flight == 0
     finally:
         pool.shutdown(wait=True)
+
+
+async def test_a_pool_already_broken_fails_new_tasks_at_submit() -> None:
+    # The race CI once hit: the worker died before the second chunk reached the pool, and
+    # ProcessPoolExecutor.submit raised out of submit_tasks. Here the pool is broken on purpose first.
+    pool = ProcessPoolExecutor(max_workers=1)
+    try:
+        async with Session(backends=[ConcurrentBackend(executor=pool)]) as session:
+            first = ComputeTask(function=die_hard)
+            await session.submit_tasks([first])
+            await session.wait_tasks([first], timeout=NO_HANG)
+            later = [ComputeTask(function=workloads.add, args=(i, i)) for i in range(3)]
+            futures = await session.submit_tasks(later)
+            await session.wait_tasks(later, timeout=NO_HANG)
+            assert [t.state for t in later] == ["FAILED"] * 3
+            with pytest.raises(BrokenProcessPool):
+                await futures[0]
+            assert session.in_flight == 0
+            assert session.backends["concurrent"]._queued == {}
+    finally:
+        pool.shutdown(wait=True)
+
+
+async def test_a_thread_pool_shut_down_by_its_owner_fails_new_tasks() -> None:
+    pool = ThreadPoolExecutor(max_workers=1)
+    async with Session(backends=[ConcurrentBackend(executor=pool)]) as session:
+        pool.shutdown(wait=True)
+        task = ComputeTask(function=workloads.add, args=(1, 2))
+        await session.submit_tasks([task])
+        await session.wait_tasks([task], timeout=NO_HANG)
+        assert task.state == "FAILED"
+        assert "shutdown" in str(task.exception)
+        assert session.in_flight == 0

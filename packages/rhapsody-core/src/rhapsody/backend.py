@@ -104,6 +104,10 @@ class BaseBackend(abc.ABC):
             ValueError, TypeError: a task carries options this backend cannot honour (the
                 message names the offending key). Raise before handing any task over: the
                 session then submits none of the call's tasks to this backend.
+
+        Once a task has been handed over, an engine error about it (a broken pool, a lost
+        connection) must not be raised from here: fail the task through :meth:`report` with
+        that error, so the tasks already handed over are never lost.
         """
 
     @abc.abstractmethod

@@ -137,16 +137,32 @@ class ConcurrentBackend(BaseBackend):
             # Mark the tasks queued before the pool can start them: the runner claims each one.
             for task in chunk:
                 queued[task["uid"]] = chunk
-            self._executor.submit(self._run_chunk_in_thread, chunk)
+            try:
+                self._executor.submit(self._run_chunk_in_thread, chunk)
+            except RuntimeError as exc:  # the pool was shut down by its owner
+                self._refused(chunk, exc)
             return
         if payload is None:
             payload = _pickle_chunk(chunk)
-        future = self._executor.submit(_run_pickled_chunk, payload)
+        try:
+            future = self._executor.submit(_run_pickled_chunk, payload)
+        except RuntimeError as exc:
+            # BrokenProcessPool (a worker died, possibly while this very call was submitting)
+            # or a pool shut down by its owner: the chunk's tasks fail, the call goes on.
+            self._refused(chunk, exc)
+            return
         future.rhapsody_chunk = chunk  # type: ignore[attr-defined]
         for task in chunk:
             queued[task["uid"]] = future
         # Added last, so a chunk that already finished still releases its tasks (callback runs now).
         future.add_done_callback(self._process_chunk_done)
+
+    def _refused(self, chunk: list[Task], error: BaseException) -> None:
+        release = self._queued.pop
+        for task in chunk:
+            release(task["uid"], None)
+            task["exception"] = error
+        self.report([(task, _FAILED) for task in chunk])
 
     # -- functions: threads ------------------------------------------------------------------
 
@@ -174,16 +190,14 @@ class ConcurrentBackend(BaseBackend):
         if future.cancelled():
             return  # cancel_task resubmitted the rest of the chunk
         chunk: list[Task] = future.rhapsody_chunk  # type: ignore[attr-defined]
-        release = self._queued.pop
-        for task in chunk:
-            release(task["uid"], None)
         error = future.exception()
         if error is not None:
             # The pool broke or the chunk could not be unpickled: every task of it failed.
-            for task in chunk:
-                task["exception"] = error
-            self.report([(task, _FAILED) for task in chunk])
+            self._refused(chunk, error)
             return
+        release = self._queued.pop
+        for task in chunk:
+            release(task["uid"], None)
         updates = []
         for task, (ok, value) in zip(chunk, cloudpickle.loads(future.result())):
             if ok:
