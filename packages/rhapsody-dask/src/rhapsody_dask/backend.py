@@ -5,10 +5,14 @@ The hot path, top to bottom:
 1. ``submit_tasks`` (session loop thread) validates every task, fails at once the ones whose
    resources no worker can supply, groups the rest by their Dask options and hands each group to
    Dask as ONE ``client.map`` call (one graph, one scheduler message per group, not per task).
-2. A collector thread takes finished futures from ``distributed.as_completed`` in batches, fetches
-   all results of a batch with ONE ``client.gather``, fills the tasks and hands the batch to
-   ``BaseBackend.report`` (one loop wake-up per batch).
-3. The functions at the bottom of this module run inside the Dask workers.
+2. On the client's event loop, one small watcher per future waits for Dask to settle it and
+   queues it for the collector. The whole group is handed to that loop in ONE call; Dask's
+   ``as_completed`` would cost a cross-thread wake-up and a deep chain of coroutines per future.
+3. A collector thread takes the queued futures in batches, fetches all results of a batch with
+   ONE ``client.gather``, fills the tasks and hands the batch to ``BaseBackend.report`` (one
+   session loop wake-up per batch). It then drops the batch's futures on the client's loop, so
+   that releasing their keys costs no cross-thread wake-up per future either.
+4. The functions at the bottom of this module run inside the Dask workers.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import inspect
 import logging
 import os
+import queue
 import shlex
 import signal
 import subprocess
@@ -41,8 +46,13 @@ _DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
 _DASK_OPTIONS = frozenset({"resources", "retries", "priority"})
 _EXECUTABLE_OPTIONS = _DASK_OPTIONS | {"cwd", "env", "shell"}
 _RESOURCE_POLL_S = 1.0
-_SMALL_BATCH = 64
-_BATCH_PATIENCE_S = 0.02
+# Completions that arrive within _STREAM_GAP_S of the previous hand-over are part of a stream:
+# the collector then waits _BATCH_PATIENCE_S for more before it gathers, so that a stream costs
+# one gather round trip per ~0.1 s instead of one per few tasks. A completion after a quiet
+# spell is handed over at once.
+_BIG_BATCH = 1024
+_BATCH_PATIENCE_S = 0.1
+_STREAM_GAP_S = 0.5
 _KILL_GRACE_S = 3.0
 
 
@@ -137,17 +147,17 @@ class DaskBackend(BaseBackend):
         self._own_cluster: Any = None
         self._salt = uuid.uuid4().hex[:8]
         # Shared with the collector thread, always under _lock.
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
         self._live: dict[str, tuple[Task, Future]] = {}  # dask key -> (task, future)
         self._key_of: dict[str, str] = {}  # task uid -> its current dask key
-        self._tracked = 0  # futures handed to as_completed and not yet taken out of it
         self._stopping = False
         self._retries_left: dict[str, int] = {}  # uid -> resubmissions left after worker loss
         self._restricted: dict[str, dict[str, float]] = {}  # dask key -> resources asked
         self._unsatisfiable_since: dict[str, float] = {}
         self._workers_cache: tuple[float, list[dict[str, float]]] | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._ac: Any = None
+        # Futures Dask has settled (finished, erred, cancelled), for the collector; None stops it.
+        self._ended: queue.SimpleQueue[Future | None] = queue.SimpleQueue()
         self._collector: threading.Thread | None = None
         self._killed_worker: type[BaseException] | None = None
         self._direct_gather: bool | None = None
@@ -223,7 +233,6 @@ class DaskBackend(BaseBackend):
             self._own_client = True
 
         await asyncio.get_running_loop().run_in_executor(None, connect)
-        self._ac = distributed.as_completed(loop=self.client.loop)
         self._collector = threading.Thread(
             target=self._collect, name=f"rhapsody-dask-collect-{self._salt}", daemon=True
         )
@@ -306,37 +315,55 @@ class DaskBackend(BaseBackend):
             for task, key, future in zip(tasks, keys, futures):
                 live[key] = (task, future)
                 key_of[task["uid"]] = key
-            self._tracked += len(futures)
-            self._lock.notify()
-        self._ac.update(futures)
+        self.client.loop.add_callback(self._watch, futures)
+
+    # -- watching (the client's event loop) --------------------------------------------------
+
+    def _watch(self, futures: list[Future]) -> None:
+        for future in futures:
+            # Each watcher stays reachable through the Dask future's state until it settles.
+            asyncio.ensure_future(self._await_settled(future))
+
+    async def _await_settled(self, future: Future) -> None:
+        # The same wait Dask's own as_completed and add_done_callback make: its future state's
+        # event is set when the task finished, erred or was cancelled.
+        await future._state.wait()
+        self._ended.put(future)
 
     # -- completions (collector thread) ------------------------------------------------------
 
     def _collect(self) -> None:
-        ac = self._ac
-        lock = self._lock
-        while True:
-            with lock:
-                while not self._tracked and not self._stopping:
-                    lock.wait()
-                if not self._tracked:
-                    return
-            try:
-                batch = ac.next_batch(block=True)
-            except StopIteration:
-                # The futures counted in _tracked are being added to ``ac`` right now.
-                time.sleep(0.001)
-                continue
-            if len(batch) < _SMALL_BATCH:
-                # Each batch costs a gather round trip through the scheduler; under a stream of
-                # completions, a few ms of patience turns many tiny batches into a few big ones.
+        ended = self._ended
+        last_handover = 0.0
+        stop = False
+        while not stop:
+            first = ended.get()
+            if first is None:
+                return
+            batch = [first]
+            if time.monotonic() - last_handover < _STREAM_GAP_S:
                 time.sleep(_BATCH_PATIENCE_S)
-                batch.extend(ac.next_batch(block=False))
+            while len(batch) < _BIG_BATCH:
+                try:
+                    future = ended.get_nowait()
+                except queue.Empty:
+                    break
+                if future is None:
+                    stop = True
+                    break
+                batch.append(future)
+            first = future = None  # the batch is the only holder of its futures
             try:
                 self._finish(batch)
             except Exception:  # noqa: BLE001 - the collector must outlive any one batch
                 _log.exception("rhapsody-dask: could not hand a batch of completions over")
-            # Holding the futures while idle would keep their results on the workers.
+            last_handover = time.monotonic()
+            # Holding the futures would keep their results on the workers. Dropped on the
+            # client's loop, each releases its key there without a cross-thread wake-up.
+            try:
+                self.client.loop.add_callback(batch.clear)
+            except Exception:  # noqa: BLE001 - the client's loop has stopped: drop them here
+                pass
             del batch
 
     def _finish(self, batch: list[Future]) -> None:
@@ -344,7 +371,6 @@ class DaskBackend(BaseBackend):
         erred: list[tuple[Task, Future]] = []
         updates: list[tuple[Task, str]] = []
         with self._lock:
-            self._tracked -= len(batch)
             live_pop, key_of, restricted = self._live.pop, self._key_of, self._restricted
             for future in batch:
                 key: str = future.key  # type: ignore[assignment]  # the backend's own str keys
@@ -553,7 +579,6 @@ class DaskBackend(BaseBackend):
             self._live.clear()
             self._key_of.clear()
             self._restricted.clear()
-            self._lock.notify_all()
         if entries:
             self.report([(task, _CANCELED) for task, _ in entries])
         loop = asyncio.get_running_loop()
@@ -569,6 +594,7 @@ class DaskBackend(BaseBackend):
         finally:
             await loop.run_in_executor(None, self._close_engine)
         if self._collector is not None:
+            self._ended.put(None)
             await loop.run_in_executor(None, self._collector.join, self._close_timeout)
 
     def _drain_runners(self, keys: list[str]) -> None:
