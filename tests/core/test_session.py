@@ -578,3 +578,38 @@ async def test_a_backend_failing_to_start_releases_those_that_started() -> None:
     assert broken.events == []
     with pytest.raises(SessionClosedError, match=r"^this session has been closed$"):
         await session.submit_tasks([ComputeTask(function=workloads.add)])
+
+
+async def test_big_batches_pause_the_collector_and_always_restore_it() -> None:
+    from rhapsody.session import _GC_PAUSE_AT
+
+    seen: list[bool] = []
+
+    class Probe(NoopBackend):
+        async def submit_tasks(self, tasks):  # type: ignore[no-untyped-def]
+            seen.append(gc.isenabled())  # the backend's own code runs with the collector on
+            await super().submit_tasks(tasks)
+
+    n = _GC_PAUSE_AT + 1
+    async with Session(backends=[Probe()]) as session:
+        assert gc.isenabled()
+        tasks = [ComputeTask(function=workloads.add, args=(i, i)) for i in range(n)]
+        await session.submit_tasks(tasks)
+        await session.wait_tasks(tasks, timeout=NO_HANG)
+        assert seen == [True] and gc.isenabled()
+        assert {t.state for t in tasks} == {"DONE"}
+        # A refused big batch (a uid twice) restores the collector too.
+        twice = [ComputeTask(function=workloads.add, args=(1, 1), uid="same") for _ in range(2)]
+        with pytest.raises(ValueError, match="used twice"):
+            await session.submit_tasks([*[ComputeTask(function=workloads.add, args=(1, 1))
+                                          for _ in range(n)], *twice])
+        assert gc.isenabled()
+        # A collector the program turned off stays off.
+        gc.disable()
+        try:
+            more = [ComputeTask(function=workloads.add, args=(1, 1)) for _ in range(n)]
+            await session.submit_tasks(more)
+            await session.wait_tasks(more, timeout=NO_HANG)
+            assert not gc.isenabled()
+        finally:
+            gc.enable()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -20,6 +21,13 @@ from .states import TERMINAL_STATES, TaskState
 from .task import Task
 
 _DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
+
+# Registering or ending a large batch allocates objects per task and frees nothing; meanwhile
+# Python's cyclic collector would run its full pass over every live task several times (at 100K
+# tasks, most of the session's own cost). These loops create no reference cycles, so for batches
+# this large the collector waits until the loop ends: the same pause Mercurial's ``nogc`` makes
+# around bulk container building.
+_GC_PAUSE_AT = 1000
 
 
 class Session:
@@ -176,6 +184,9 @@ class Session:
         create_future = self._future_factory
         set_future = object.__setattr__
         groups: dict[BaseBackend, list[Task]] = {}
+        paused = len(tasks) >= _GC_PAUSE_AT and gc.isenabled()
+        if paused:
+            gc.disable()
         # One pass checks, routes and registers each task; any error undoes the whole call.
         try:
             for task in tasks:
@@ -207,6 +218,9 @@ class Session:
                     inflight.pop(task["uid"], None)
                     set_future(task, "_future", None)
             raise
+        finally:
+            if paused:
+                gc.enable()
 
         submitted = TaskState.SUBMITTED
         handed = list(groups.items())
@@ -249,6 +263,16 @@ class Session:
             self._apply(updates)
 
     def _apply(self, updates: list[Update]) -> None:
+        if len(updates) >= _GC_PAUSE_AT and gc.isenabled():
+            gc.disable()
+            try:
+                self._apply_all(updates)
+            finally:
+                gc.enable()
+        else:
+            self._apply_all(updates)
+
+    def _apply_all(self, updates: list[Update]) -> None:
         inflight_pop = self._inflight.pop
         for task, state in updates:
             if state not in TERMINAL_STATES:
