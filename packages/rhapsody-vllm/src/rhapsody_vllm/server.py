@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,6 +37,34 @@ def _kill_leftover_groups() -> None:
     for pgid in list(_live_groups):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _parent_death_binding() -> Callable[[], None] | None:
+    """A ``preexec_fn`` after which the server gets SIGTERM when this process dies (Linux).
+
+    ``atexit`` does not run when the owner is killed by a signal (``kill -9``, the OOM killer, a
+    batch system ending the job); the kernel's parent-death signal still reaches the server, which
+    then shuts its engine down. The signal follows the *thread* that started the server: here the
+    session's event-loop thread, which lives as long as the backend.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def bind() -> None:
+        # Runs in the child between fork and exec: no imports, no allocation-heavy work.
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the owner died before the binding took effect
+            os._exit(1)
+
+    return bind
 
 
 def engine_flags(options: Mapping[str, Any]) -> list[str]:
@@ -149,6 +178,7 @@ class OwnedServer:
         self._proc = await asyncio.create_subprocess_exec(
             *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=self._log,
             stderr=asyncio.subprocess.STDOUT, env=self._env, start_new_session=True,
+            preexec_fn=_parent_death_binding(),
         )
         _live_groups.add(self._proc.pid)
         self.exited = asyncio.get_running_loop().create_future()
