@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from vllm_support import ENGINE_MISSING, LONG, TINY_ENGINE_OPTIONS, run, settle
+from vllm_support import ENGINE_MISSING, LONG, TINY_ENGINE_OPTIONS, group_gone, run, settle
 
 from rhapsody import AITask, Session
 from rhapsody_vllm import EngineDiedError, VLLMBackend
@@ -41,7 +41,7 @@ async def test_killed_server_fails_in_flight_tasks(tiny_model: Path) -> None:
             await failed[0]
         # The group is gone (the backend killed what survived the leader), and new tasks fail
         # at once with the same reason instead of waiting on a dead server.
-        assert group_members(server.pid) == []
+        assert await group_gone(server.pid) == []
         (late,) = await run(session, [AITask("x", max_tokens=2)], timeout=10)
         assert late.state == "FAILED"
         assert isinstance(late.exception, EngineDiedError)

@@ -41,3 +41,17 @@ async def run(session: Session, tasks: Sequence[AITask], timeout: float = 180.0)
 async def settle(seconds: float) -> None:
     """Let requests reach the server before the test acts on them."""
     await asyncio.sleep(seconds)
+
+
+async def group_gone(pgid: int, *, within: float = 20.0) -> list[int]:
+    """Wait (bounded) until process group ``pgid`` has no live member; return what is left.
+
+    A process killed with SIGKILL is still listed while the kernel tears down its memory (a
+    vLLM engine holds gigabytes), so "gone" is checked over a short while, not in one look.
+    """
+    from rhapsody_vllm.server import group_members
+
+    deadline = asyncio.get_running_loop().time() + within
+    while group_members(pgid) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
+    return group_members(pgid)
