@@ -210,3 +210,38 @@ def test_function_timeout_reaches_the_future(dragon: Harness) -> None:
     with pytest.raises(TimeoutError):
         dragon.run(future)
     assert task.state == "FAILED"
+
+
+def test_close_with_work_running_stops_it_and_joins_the_batch(dragon: Harness, tmp_path: pathlib.Path) -> None:
+    # Last in the module: it closes the module's session. terminate() with work in flight once
+    # brought the whole runtime down, so close stops the work first and joins the Batch.
+    pid_file = tmp_path / "child.pid"
+    program = _shell(f"sleep 300 & echo $! > {pid_file}; wait")
+    function = rhapsody.ComputeTask(function=_spinner(300))
+    batch = dragon.backend._batch
+    terminated: list[Any] = []
+    terminate = batch.terminate
+    batch.terminate = lambda *args, **kwargs: (terminated.append(args), terminate(*args, **kwargs))
+
+    async def body() -> float:
+        await dragon.session.submit_tasks([program, function])
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1)  # the function has started too (two workers) or is queued
+        started = time.monotonic()
+        await dragon.session.close()
+        return time.monotonic() - started
+
+    took = dragon.run(body(), timeout=180)
+    child = int(pid_file.read_text())
+    assert (program.state, function.state) == ("CANCELED", "CANCELED")
+    assert terminated == [], f"close fell back to Batch.terminate() after {took:.1f} s"
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"process {child} started by the task outlived close()")

@@ -188,9 +188,9 @@ class DragonBackend(BaseBackend):
         return batch
 
     async def _shutdown(self) -> None:
-        """Stop the monitor, then join the Batch (or terminate it when tasks still run).
+        """Stop the monitor and what still runs, then join the Batch (terminate it if that fails).
 
-        Bounded: about ``shutdown_timeout`` + 10 s at most, whatever state Dragon is in.
+        Bounded: about ``shutdown_timeout`` + 20 s at most, whatever state Dragon is in.
         """
         self._stopping.set()
         monitor = self._monitor_thread
@@ -216,7 +216,24 @@ class DragonBackend(BaseBackend):
             except Exception:  # noqa: BLE001 - already destroyed by its user, or runtime gone
                 pass
         self._ddicts.clear()
-        if not self._registry and self._broken is None:
+        if self._registry:
+            # Tasks still run. Stop them as cancel_task does (kill executables' process groups,
+            # cancel them in Dragon) so that the Batch can wind down through join(): terminate()
+            # with work in flight has brought the whole Dragon runtime down ("fatal exception")
+            # on a loaded 2-core machine. Bounded as a whole.
+            entries = list(self._registry.values())
+            for entry in entries:
+                _kill_group(entry)
+            deadline = time.monotonic() + min(10.0, self._shutdown_timeout)
+            for entry in entries:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    entry.handle.cancel(min(left, 5.0))
+                except Exception:  # noqa: BLE001 - terminate() below still stops it
+                    pass
+        if self._broken is None:
             # join() waits for Dragon's managers to wind down; its timeout bounds each of its
             # steps, not the whole, so it runs aside and is given up on after shutdown_timeout.
             failure: list[BaseException] = []
@@ -236,11 +253,6 @@ class DragonBackend(BaseBackend):
             if failure:
                 raise RuntimeError("dragon: Batch.join() failed; the Batch was terminated") from failure[0]
             return
-        else:
-            # Tasks still run: join() would wait for them. Kill executables' process groups here;
-            # terminate() stops Dragon's workers.
-            for entry in list(self._registry.values()):
-                _kill_group(entry)
         batch.terminate(timeout=min(5.0, self._shutdown_timeout))
 
     # -- submit ------------------------------------------------------------------------------
