@@ -6,6 +6,8 @@ Each backend session installs its engine from the package registry into its own 
 
 from __future__ import annotations
 
+import time
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -115,6 +117,7 @@ def tests_dragon(session: nox.Session) -> None:
                 else:
                     session.warn(f"RETRY: {module} failed in its Dragon runtime; running it once "
                                  "more in a fresh runtime")
+                    time.sleep(10)  # let the killed runtime's processes finish exiting first
     if failed:
         session.error(f"Dragon test modules failed twice: {failed}")
 
