@@ -613,3 +613,41 @@ async def test_big_batches_pause_the_collector_and_always_restore_it() -> None:
             assert not gc.isenabled()
         finally:
             gc.enable()
+
+
+async def test_cancel_before_an_executable_driver_first_runs(tmp_path: pathlib.Path) -> None:
+    marker = tmp_path / "ran"
+    async with Session(backends=[ConcurrentBackend()]) as session:
+        task = shell(f"touch {marker}")
+        [future] = await session.submit_tasks([task])
+        # No await between submit and cancel: the driver has not taken a step yet.
+        assert await session.cancel_task(task) is True
+        assert task.state == "CANCELED" and future.cancelled()
+        await asyncio.sleep(0.5)
+        assert not marker.exists(), "a task cancelled before it started must never run"
+        backend = session.backends["concurrent"]
+        assert backend._drivers == {} and backend._unstarted == set()
+
+
+async def test_cancel_while_the_program_starts_kills_all_it_started(tmp_path: pathlib.Path) -> None:
+    before = children()
+    pid_file = tmp_path / "grandchild.pid"
+    async with Session(backends=[ConcurrentBackend()]) as session:
+        backend = session.backends["concurrent"]
+        task = shell(f"sleep 300 & echo $! > {pid_file}; wait")
+        await session.submit_tasks([task])
+        # Catch the driver inside its spawn (a fork and exec take several loop turns).
+        for _ in range(10_000):
+            if task.uid in backend._starting:
+                break
+            await asyncio.sleep(0)
+        assert task.uid in backend._starting, "never saw the program starting"
+        assert await session.cancel_task(task) is True
+        await session.wait_tasks([task], timeout=NO_HANG)
+        assert task.state == "CANCELED"
+        assert backend._drivers == {} and backend._cancel_when_started == set()
+        if pid_file.exists() and pid_file.read_text().strip():
+            await until_gone(int(pid_file.read_text()))
+        await asyncio.sleep(0.2)
+        assert children() - before == set()
+

@@ -19,7 +19,6 @@ import shlex
 import signal
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 import cloudpickle
@@ -83,8 +82,13 @@ class ConcurrentBackend(BaseBackend):
         self._slots: asyncio.Semaphore | None = None
         # uid -> its chunk (threads) or the chunk's pool future (processes) until the task starts.
         self._queued: dict[str, Any] = {}
-        # uid -> the asyncio task driving an executable, until it ends.
-        self._drivers: dict[str, asyncio.Task[None]] = {}
+        # uid -> (task, the asyncio task driving the executable), until it ends.
+        self._drivers: dict[str, tuple[Task, asyncio.Task[None]]] = {}
+        # Where a driver is decides how it is cancelled (see _cancel_driver): not yet stepped,
+        # or starting its program.
+        self._unstarted: set[str] = set()
+        self._starting: set[str] = set()
+        self._cancel_when_started: set[str] = set()
 
     @property
     def executor(self) -> Executor:
@@ -122,12 +126,12 @@ class ConcurrentBackend(BaseBackend):
         # Pickled before anything starts, so a task that cannot travel fails the whole call.
         payloads = [_pickle_chunk(chunk) if self._in_processes else None for chunk in chunks]
         create_task = asyncio.get_running_loop().create_task
-        drivers = self._drivers
+        drivers, unstarted = self._drivers, self._unstarted
         for task in tasks:
             if task["function"] is None:
-                driver = create_task(self._run_executable(task))
-                driver.add_done_callback(partial(self._driver_done, task))
-                drivers[task["uid"]] = driver
+                uid = task["uid"]
+                drivers[uid] = (task, create_task(self._run_executable(task)))
+                unstarted.add(uid)
         for chunk, payload in zip(chunks, payloads):
             self._submit_chunk(chunk, payload)
 
@@ -212,6 +216,7 @@ class ConcurrentBackend(BaseBackend):
 
     async def _run_executable(self, task: Task) -> None:
         uid = task["uid"]
+        self._unstarted.discard(uid)
         options = task["task_backend_specific_kwargs"]
         process = None
         try:
@@ -228,15 +233,15 @@ class ConcurrentBackend(BaseBackend):
                         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                         cwd=options.get("cwd"), env=options.get("env"), start_new_session=True,
                     )
-                starting = asyncio.ensure_future(spawn)
+                # While the program starts, cancel_task only flags the driver: asyncio's clean-up
+                # of a cancelled spawn kills the leader alone, orphaning anything it started.
+                self._starting.add(uid)
                 try:
-                    process = await asyncio.shield(starting)
-                except asyncio.CancelledError:
-                    # Cancelled while the process was starting: it may already run and have
-                    # started children, which asyncio's own clean-up (it kills the leader only)
-                    # would leave behind. Wait for it, so the handler below kills its group.
-                    process = await _started_or_none(starting)
-                    raise
+                    process = await spawn
+                finally:
+                    self._starting.discard(uid)
+                if uid in self._cancel_when_started:
+                    raise asyncio.CancelledError
                 try:
                     out, err = await asyncio.wait_for(process.communicate(), task["timeout"])
                 except asyncio.TimeoutError:
@@ -251,34 +256,48 @@ class ConcurrentBackend(BaseBackend):
                 await _kill_group(process)
             if process is not None:
                 task["exit_code"] = process.returncode
-            self._drivers.pop(uid, None)
+            self._release_driver(uid)
             self.report([(task, _CANCELED)])
             return
         except Exception as exc:  # e.g. no such executable or cwd: the task fails
-            self._drivers.pop(uid, None)
+            canceled = uid in self._cancel_when_started  # cancel_task promised CANCELED
+            self._release_driver(uid)
             task["exception"] = exc
             task["stderr"] = f"{type(exc).__name__}: {exc}"
-            self.report([(task, _FAILED)])
+            self.report([(task, _CANCELED if canceled else _FAILED)])
             return
-        self._drivers.pop(uid, None)
+        self._release_driver(uid)
         task["stdout"] = out.decode(errors="replace")
         task["stderr"] = err.decode(errors="replace")
         task["exit_code"] = code = process.returncode
         self.report([(task, _DONE if code == 0 and task["exception"] is None else _FAILED)])
 
-    def _driver_done(self, task: Task, driver: asyncio.Task[None]) -> None:
-        # A driver cancelled before its first step never ran its own CancelledError handler.
-        if driver.cancelled():
-            self._drivers.pop(task["uid"], None)
+    def _release_driver(self, uid: str) -> None:
+        self._drivers.pop(uid, None)
+        self._cancel_when_started.discard(uid)
+
+    def _cancel_driver(self, task: Task, driver: asyncio.Task[None]) -> bool:
+        uid = task["uid"]
+        if uid in self._starting:
+            # The driver kills the program's group as soon as it has started.
+            self._cancel_when_started.add(uid)
+            return True
+        if uid in self._unstarted:
+            # Cancelled before its first step, a coroutine never runs its own clean-up.
+            self._unstarted.discard(uid)
+            driver.cancel()
+            self._drivers.pop(uid, None)
             self.report([(task, _CANCELED)])
+            return True
+        return driver.cancel()
 
     # -- cancel and shutdown -----------------------------------------------------------------
 
     async def cancel_task(self, task: Task) -> bool:
         uid = task["uid"]
-        driver = self._drivers.get(uid)
-        if driver is not None:
-            return driver.cancel()
+        driving = self._drivers.get(uid)
+        if driving is not None:
+            return self._cancel_driver(*driving)
         if self._in_processes:
             future = self._queued.get(uid)
             if future is None or not future.cancel():
@@ -296,10 +315,10 @@ class ConcurrentBackend(BaseBackend):
 
     async def _shutdown(self) -> None:
         drivers = list(self._drivers.values())
-        for driver in drivers:
-            driver.cancel()
+        for task, driver in drivers:
+            self._cancel_driver(task, driver)
         if drivers:
-            await asyncio.wait(drivers, timeout=_KILL_GRACE + 5)
+            await asyncio.wait([driver for _, driver in drivers], timeout=_KILL_GRACE + 5)
         if not self._owns_executor:
             return
         # Queued chunks are dropped; running ones cannot be interrupted, so wait a bounded time.
@@ -348,13 +367,6 @@ async def _bounded(coroutine: Any, timeout: float | None) -> Any:
         return await asyncio.wait_for(coroutine, timeout)
     except asyncio.TimeoutError:
         raise TimeoutError(f"the task exceeded its timeout of {timeout} s") from None
-
-
-async def _started_or_none(starting: asyncio.Future[asyncio.subprocess.Process]) -> Any:
-    try:
-        return await starting
-    except Exception:
-        return None
 
 
 async def _kill_group(process: asyncio.subprocess.Process) -> None:
