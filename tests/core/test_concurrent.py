@@ -48,6 +48,14 @@ def process_pool() -> Iterator[ProcessPoolExecutor]:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
+@pytest.fixture
+def lone_worker_pool() -> Iterator[ProcessPoolExecutor]:
+    """A one-worker pool per test: these tests break it, or need its only worker busy."""
+    pool = ProcessPoolExecutor(max_workers=1)
+    yield pool
+    pool.shutdown(wait=True)
+
+
 def on_processes(pool: ProcessPoolExecutor) -> Session:
     return Session(backends=[ConcurrentBackend(executor=pool)])
 
@@ -308,41 +316,35 @@ async def test_exception_type_survives_the_process_boundary(process_pool: Proces
             await future
 
 
-async def test_cancel_a_queued_process_task_resubmits_the_rest_of_its_chunk(tmp_path: pathlib.Path) -> None:
+async def test_cancel_a_queued_process_task_resubmits_the_rest_of_its_chunk(
+    tmp_path: pathlib.Path, lone_worker_pool: ProcessPoolExecutor
+) -> None:
     marker = tmp_path / "cancelled-task-ran"
-    pool = ProcessPoolExecutor(max_workers=1)
-    try:
-        async with Session(backends=[ConcurrentBackend(executor=pool)]) as session:
-            blocker = ComputeTask(function=workloads.sleep, args=(1.0,))
-            await session.submit_tasks([blocker])
-            # 16 tasks on 1 worker: chunks of 4; the last chunk stays queued behind the blocker.
-            tasks = [ComputeTask(function=workloads.square, args=(i,)) for i in range(16)]
-            tasks[13] = ComputeTask(function=touch, args=(str(marker),))
-            await session.submit_tasks(tasks)
-            assert await session.cancel_task(tasks[13]) is True
-            assert tasks[13].state == "CANCELED" and tasks[13].future.cancelled()
-            await session.wait_tasks([blocker, *tasks], timeout=NO_HANG)
-            assert session.in_flight == 0
-            assert session.backends["concurrent"]._queued == {}
-        assert [t.state for i, t in enumerate(tasks) if i != 13] == ["DONE"] * 15
-        assert [t.return_value for i, t in enumerate(tasks) if i != 13] == [i * i for i in range(16) if i != 13]
-        assert not marker.exists()
-    finally:
-        pool.shutdown(wait=True)
+    async with on_processes(lone_worker_pool) as session:
+        blocker = ComputeTask(function=workloads.sleep, args=(1.0,))
+        await session.submit_tasks([blocker])
+        # 16 tasks on 1 worker: chunks of 4; the last chunk stays queued behind the blocker.
+        tasks = [ComputeTask(function=workloads.square, args=(i,)) for i in range(16)]
+        tasks[13] = ComputeTask(function=touch, args=(str(marker),))
+        await session.submit_tasks(tasks)
+        assert await session.cancel_task(tasks[13]) is True
+        assert tasks[13].state == "CANCELED" and tasks[13].future.cancelled()
+        await session.wait_tasks([blocker, *tasks], timeout=NO_HANG)
+        assert session.in_flight == 0
+        assert session.backends["concurrent"]._queued == {}
+    assert [t.state for i, t in enumerate(tasks) if i != 13] == ["DONE"] * 15
+    assert [t.return_value for i, t in enumerate(tasks) if i != 13] == [i * i for i in range(16) if i != 13]
+    assert not marker.exists()
 
 
-async def test_cancel_a_running_process_chunk_is_refused() -> None:
-    pool = ProcessPoolExecutor(max_workers=1)
-    try:
-        async with Session(backends=[ConcurrentBackend(executor=pool)]) as session:
-            task = ComputeTask(function=workloads.sleep, args=(0.5,))
-            await session.submit_tasks([task])
-            await asyncio.sleep(0.2)  # the pool has taken the only chunk into its call queue
-            assert await session.cancel_task(task) is False
-            await session.wait_tasks([task], timeout=NO_HANG)
-        assert (task.state, task.return_value) == ("DONE", 0.5)
-    finally:
-        pool.shutdown(wait=True)
+async def test_cancel_a_running_process_chunk_is_refused(lone_worker_pool: ProcessPoolExecutor) -> None:
+    async with on_processes(lone_worker_pool) as session:
+        task = ComputeTask(function=workloads.sleep, args=(0.5,))
+        await session.submit_tasks([task])
+        await asyncio.sleep(0.2)  # the pool has taken the only chunk into its call queue
+        assert await session.cancel_task(task) is False
+        await session.wait_tasks([task], timeout=NO_HANG)
+    assert (task.state, task.return_value) == ("DONE", 0.5)
 
 
 async def test_many_tasks_in_chunks_on_processes(process_pool: ProcessPoolExecutor) -> None:
@@ -354,40 +356,32 @@ async def test_many_tasks_in_chunks_on_processes(process_pool: ProcessPoolExecut
         assert session.backends["concurrent"]._queued == {}
 
 
-async def test_a_broken_pool_fails_its_tasks_and_loses_none() -> None:
-    pool = ProcessPoolExecutor(max_workers=1)
-    try:
-        async with Session(backends=[ConcurrentBackend(executor=pool)]) as session:
-            tasks = [ComputeTask(function=die_hard), ComputeTask(function=workloads.add, args=(1, 1))]
-            await session.submit_tasks(tasks)
-            await session.wait_tasks(tasks, timeout=NO_HANG)
-            assert tasks[0].state == "FAILED"
-            assert isinstance(tasks[0].exception, BrokenProcessPool)
-            assert tasks[1].state in ("DONE", "FAILED")
-            assert session.in_flight == 0
-    finally:
-        pool.shutdown(wait=True)
+async def test_a_broken_pool_fails_its_tasks_and_loses_none(lone_worker_pool: ProcessPoolExecutor) -> None:
+    async with on_processes(lone_worker_pool) as session:
+        tasks = [ComputeTask(function=die_hard), ComputeTask(function=workloads.add, args=(1, 1))]
+        await session.submit_tasks(tasks)
+        await session.wait_tasks(tasks, timeout=NO_HANG)
+        assert tasks[0].state == "FAILED"
+        assert isinstance(tasks[0].exception, BrokenProcessPool)
+        assert tasks[1].state in ("DONE", "FAILED")
+        assert session.in_flight == 0
 
 
-async def test_a_pool_already_broken_fails_new_tasks_at_submit() -> None:
+async def test_a_pool_already_broken_fails_new_tasks_at_submit(lone_worker_pool: ProcessPoolExecutor) -> None:
     # The race CI once hit: the worker died before the second chunk reached the pool, and
     # ProcessPoolExecutor.submit raised out of submit_tasks. Here the pool is broken on purpose first.
-    pool = ProcessPoolExecutor(max_workers=1)
-    try:
-        async with Session(backends=[ConcurrentBackend(executor=pool)]) as session:
-            first = ComputeTask(function=die_hard)
-            await session.submit_tasks([first])
-            await session.wait_tasks([first], timeout=NO_HANG)
-            later = [ComputeTask(function=workloads.add, args=(i, i)) for i in range(3)]
-            futures = await session.submit_tasks(later)
-            await session.wait_tasks(later, timeout=NO_HANG)
-            assert [t.state for t in later] == ["FAILED"] * 3
-            with pytest.raises(BrokenProcessPool):
-                await futures[0]
-            assert session.in_flight == 0
-            assert session.backends["concurrent"]._queued == {}
-    finally:
-        pool.shutdown(wait=True)
+    async with on_processes(lone_worker_pool) as session:
+        first = ComputeTask(function=die_hard)
+        await session.submit_tasks([first])
+        await session.wait_tasks([first], timeout=NO_HANG)
+        later = [ComputeTask(function=workloads.add, args=(i, i)) for i in range(3)]
+        futures = await session.submit_tasks(later)
+        await session.wait_tasks(later, timeout=NO_HANG)
+        assert [t.state for t in later] == ["FAILED"] * 3
+        with pytest.raises(BrokenProcessPool):
+            await futures[0]
+        assert session.in_flight == 0
+        assert session.backends["concurrent"]._queued == {}
 
 
 async def test_a_thread_pool_shut_down_by_its_owner_fails_new_tasks() -> None:
