@@ -34,6 +34,21 @@ _MAX_CHUNK = 256
 _KILL_GRACE = 3.0
 
 
+# Where an executable's driver is; it decides how cancel_task stops it (see _cancel_driver).
+_NEW, _RUNNING, _STARTING, _DOOMED = "new", "running", "starting", "doomed"
+
+
+class _Driver:
+    """An executable task and the asyncio task that runs it."""
+
+    __slots__ = ("task", "job", "phase")
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.job: asyncio.Task[None]
+        self.phase = _NEW
+
+
 class ConcurrentBackend(BaseBackend):
     """Runs tasks on this machine.
 
@@ -82,13 +97,8 @@ class ConcurrentBackend(BaseBackend):
         self._slots: asyncio.Semaphore | None = None
         # uid -> its chunk (threads) or the chunk's pool future (processes) until the task starts.
         self._queued: dict[str, Any] = {}
-        # uid -> (task, the asyncio task driving the executable), until it ends.
-        self._drivers: dict[str, tuple[Task, asyncio.Task[None]]] = {}
-        # Where a driver is decides how it is cancelled (see _cancel_driver): not yet stepped,
-        # or starting its program.
-        self._unstarted: set[str] = set()
-        self._starting: set[str] = set()
-        self._cancel_when_started: set[str] = set()
+        # uid -> the driver of an executable, until it ends.
+        self._drivers: dict[str, _Driver] = {}
 
     @property
     def executor(self) -> Executor:
@@ -126,12 +136,11 @@ class ConcurrentBackend(BaseBackend):
         # Pickled before anything starts, so a task that cannot travel fails the whole call.
         payloads = [_pickle_chunk(chunk) if self._in_processes else None for chunk in chunks]
         create_task = asyncio.get_running_loop().create_task
-        drivers, unstarted = self._drivers, self._unstarted
+        drivers = self._drivers
         for task in tasks:
             if task["function"] is None:
-                uid = task["uid"]
-                drivers[uid] = (task, create_task(self._run_executable(task)))
-                unstarted.add(uid)
+                driver = drivers[task["uid"]] = _Driver(task)
+                driver.job = create_task(self._run_executable(driver))
         for chunk, payload in zip(chunks, payloads):
             self._submit_chunk(chunk, payload)
 
@@ -214,9 +223,10 @@ class ConcurrentBackend(BaseBackend):
 
     # -- executables -------------------------------------------------------------------------
 
-    async def _run_executable(self, task: Task) -> None:
+    async def _run_executable(self, driver: _Driver) -> None:
+        task = driver.task
         uid = task["uid"]
-        self._unstarted.discard(uid)
+        driver.phase = _RUNNING
         options = task["task_backend_specific_kwargs"]
         process = None
         try:
@@ -233,15 +243,11 @@ class ConcurrentBackend(BaseBackend):
                         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                         cwd=options.get("cwd"), env=options.get("env"), start_new_session=True,
                     )
-                # While the program starts, cancel_task only flags the driver: asyncio's clean-up
-                # of a cancelled spawn kills the leader alone, orphaning anything it started.
-                self._starting.add(uid)
-                try:
-                    process = await spawn
-                finally:
-                    self._starting.discard(uid)
-                if uid in self._cancel_when_started:
+                driver.phase = _STARTING  # cancel_task now only dooms it (see _cancel_driver)
+                process = await spawn
+                if driver.phase is _DOOMED:
                     raise asyncio.CancelledError
+                driver.phase = _RUNNING
                 try:
                     out, err = await asyncio.wait_for(process.communicate(), task["timeout"])
                 except asyncio.TimeoutError:
@@ -256,48 +262,43 @@ class ConcurrentBackend(BaseBackend):
                 await _kill_group(process)
             if process is not None:
                 task["exit_code"] = process.returncode
-            self._release_driver(uid)
+            self._drivers.pop(uid, None)
             self.report([(task, _CANCELED)])
             return
         except Exception as exc:  # e.g. no such executable or cwd: the task fails
-            canceled = uid in self._cancel_when_started  # cancel_task promised CANCELED
-            self._release_driver(uid)
+            self._drivers.pop(uid, None)
             task["exception"] = exc
             task["stderr"] = f"{type(exc).__name__}: {exc}"
-            self.report([(task, _CANCELED if canceled else _FAILED)])
+            # A program cancelled while it was starting ends CANCELED, as cancel_task promised.
+            self.report([(task, _CANCELED if driver.phase is _DOOMED else _FAILED)])
             return
-        self._release_driver(uid)
+        self._drivers.pop(uid, None)
         task["stdout"] = out.decode(errors="replace")
         task["stderr"] = err.decode(errors="replace")
         task["exit_code"] = code = process.returncode
         self.report([(task, _DONE if code == 0 and task["exception"] is None else _FAILED)])
 
-    def _release_driver(self, uid: str) -> None:
-        self._drivers.pop(uid, None)
-        self._cancel_when_started.discard(uid)
-
-    def _cancel_driver(self, task: Task, driver: asyncio.Task[None]) -> bool:
-        uid = task["uid"]
-        if uid in self._starting:
-            # The driver kills the program's group as soon as it has started.
-            self._cancel_when_started.add(uid)
+    def _cancel_driver(self, driver: _Driver) -> bool:
+        if driver.phase is _STARTING or driver.phase is _DOOMED:
+            # Cancelling the spawn would let asyncio kill the leader alone, orphaning whatever it
+            # started: the driver kills the whole group as soon as the program has started.
+            driver.phase = _DOOMED
             return True
-        if uid in self._unstarted:
+        if driver.phase is _NEW:
             # Cancelled before its first step, a coroutine never runs its own clean-up.
-            self._unstarted.discard(uid)
-            driver.cancel()
-            self._drivers.pop(uid, None)
-            self.report([(task, _CANCELED)])
+            driver.job.cancel()
+            self._drivers.pop(driver.task["uid"], None)
+            self.report([(driver.task, _CANCELED)])
             return True
-        return driver.cancel()
+        return driver.job.cancel()
 
     # -- cancel and shutdown -----------------------------------------------------------------
 
     async def cancel_task(self, task: Task) -> bool:
         uid = task["uid"]
-        driving = self._drivers.get(uid)
-        if driving is not None:
-            return self._cancel_driver(*driving)
+        driver = self._drivers.get(uid)
+        if driver is not None:
+            return self._cancel_driver(driver)
         if self._in_processes:
             future = self._queued.get(uid)
             if future is None or not future.cancel():
@@ -315,10 +316,10 @@ class ConcurrentBackend(BaseBackend):
 
     async def _shutdown(self) -> None:
         drivers = list(self._drivers.values())
-        for task, driver in drivers:
-            self._cancel_driver(task, driver)
+        for driver in drivers:
+            self._cancel_driver(driver)
         if drivers:
-            await asyncio.wait([driver for _, driver in drivers], timeout=_KILL_GRACE + 5)
+            await asyncio.wait([driver.job for driver in drivers], timeout=_KILL_GRACE + 5)
         if not self._owns_executor:
             return
         # Queued chunks are dropped; running ones cannot be interrupted, so wait a bounded time.
