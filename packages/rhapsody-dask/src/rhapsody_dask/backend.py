@@ -333,26 +333,8 @@ class DaskBackend(BaseBackend):
     # -- completions (collector thread) ------------------------------------------------------
 
     def _collect(self) -> None:
-        ended = self._ended
         last_handover = 0.0
-        stop = False
-        while not stop:
-            first = ended.get()
-            if first is None:
-                return
-            batch = [first]
-            if time.monotonic() - last_handover < _STREAM_GAP_S:
-                time.sleep(_BATCH_PATIENCE_S)
-            while len(batch) < _BIG_BATCH:
-                try:
-                    future = ended.get_nowait()
-                except queue.Empty:
-                    break
-                if future is None:
-                    stop = True
-                    break
-                batch.append(future)
-            first = future = None  # the batch is the only holder of its futures
+        while (batch := self._next_batch(time.monotonic() - last_handover < _STREAM_GAP_S)) is not None:
             try:
                 self._finish(batch)
             except Exception:  # noqa: BLE001 - the collector must outlive any one batch
@@ -365,6 +347,26 @@ class DaskBackend(BaseBackend):
             except Exception:  # noqa: BLE001 - the client's loop has stopped: drop them here
                 pass
             del batch
+
+    def _next_batch(self, streaming: bool) -> list[Future] | None:
+        """The next futures Dask settled (waiting for the first); ``None`` once the backend stops."""
+        ended = self._ended
+        first = ended.get()
+        if first is None:
+            return None
+        if streaming:
+            time.sleep(_BATCH_PATIENCE_S)
+        batch = [first]
+        while len(batch) < _BIG_BATCH:
+            try:
+                future = ended.get_nowait()
+            except queue.Empty:
+                break
+            if future is None:
+                ended.put(None)  # stop once this batch is handed over
+                break
+            batch.append(future)
+        return batch
 
     def _finish(self, batch: list[Future]) -> None:
         finished: list[tuple[Task, Future]] = []
