@@ -315,9 +315,15 @@ class DaskBackend(BaseBackend):
             for task, key, future in zip(tasks, keys, futures):
                 live[key] = (task, future)
                 key_of[task["uid"]] = key
-        self.client.loop.add_callback(self._watch, futures)
+        self._on_client_loop(self._watch, futures)
 
     # -- watching (the client's event loop) --------------------------------------------------
+
+    def _on_client_loop(self, callback: Any, *args: Any) -> None:
+        loop = self.client.loop
+        if loop is None:
+            raise RuntimeError("dask: the client's event loop has stopped")
+        loop.add_callback(callback, *args)
 
     def _watch(self, futures: list[Future]) -> None:
         for future in futures:
@@ -327,7 +333,9 @@ class DaskBackend(BaseBackend):
     async def _await_settled(self, future: Future) -> None:
         # The same wait Dask's own as_completed and add_done_callback make: its future state's
         # event is set when the task finished, erred or was cancelled.
-        await future._state.wait()
+        state = future._state
+        if state is not None:  # None only for a future not yet bound to its client
+            await state.wait()
         self._ended.put(future)
 
     # -- completions (collector thread) ------------------------------------------------------
@@ -343,7 +351,7 @@ class DaskBackend(BaseBackend):
             # Holding the futures would keep their results on the workers. Dropped on the
             # client's loop, each releases its key there without a cross-thread wake-up.
             try:
-                self.client.loop.add_callback(batch.clear)
+                self._on_client_loop(batch.clear)
             except Exception:  # noqa: BLE001 - the client's loop has stopped: drop them here
                 pass
             del batch
