@@ -3,17 +3,17 @@ batch job): ``atexit`` never runs, yet the server and its engine processes must 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
-from vllm_support import ENGINE_MISSING, TINY_ENGINE_OPTIONS
+from vllm_support import ENGINE_MISSING, TINY_ENGINE_OPTIONS, group_gone
 
 from rhapsody_vllm.server import group_members
 
@@ -56,10 +56,7 @@ def test_server_group_ends_when_its_owner_is_killed(tiny_model: Path, tmp_path: 
         assert len(group_members(pgid)) >= 2  # the API server and its engine core
         os.kill(owner.pid, signal.SIGKILL)
         owner.wait(timeout=30)
-        deadline = time.monotonic() + 90
-        while group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert group_members(pgid) == [], "the vLLM server outlived its killed owner"
+        assert asyncio.run(group_gone(pgid, within=90)) == [], "the vLLM server outlived its killed owner"
     finally:
         if owner.poll() is None:
             owner.kill()
