@@ -76,6 +76,23 @@ async def noop_tasks(n: int) -> float:
     return elapsed / n * 1e6
 
 
+def noop_pair(n: int, rounds: int, *, collector: bool) -> tuple[float, float]:
+    """Best µs/task of noop_tasks and of floor_futures over interleaved rounds."""
+    floors, ours_runs = [], []
+    for _ in range(rounds):
+        gc.collect()
+        if not collector:
+            gc.disable()
+        try:
+            floors.append(asyncio.run(floor_futures(n)))
+            if collector:
+                gc.collect()
+            ours_runs.append(asyncio.run(noop_tasks(n)))
+        finally:
+            gc.enable()
+    return min(ours_runs), min(floors)
+
+
 # -- concurrent vs the raw executor ----------------------------------------------------------
 
 def raw_executor(executor: Executor, n: int) -> float:
@@ -162,27 +179,12 @@ def main() -> None:
 
     n = 100_000 // scale
     # Interleaved and best-of, so load from other processes hits both sides alike.
-    floors, ours_runs = [], []
-    for _ in range(repeats + 2):
-        gc.collect()
-        floors.append(asyncio.run(floor_futures(n)))
-        gc.collect()
-        ours_runs.append(asyncio.run(noop_tasks(n)))
-    floor, ours = min(floors), min(ours_runs)
+    ours, floor = noop_pair(n, repeats + 2, collector=True)
     line(f"noop ({n} tasks, per task)", ours, floor, "µs", 2.0)
-    # For reading the line above: the same runs with Python's cyclic collector paused on both
-    # sides, which shows how much of the gap is the collector rescanning 100K live tasks.
-    floors, ours_runs = [], []
-    for _ in range(repeats):
-        gc.collect()
-        gc.disable()
-        try:
-            floors.append(asyncio.run(floor_futures(n)))
-            ours_runs.append(asyncio.run(noop_tasks(n)))
-        finally:
-            gc.enable()
-    print(f"  (same, collector paused: rhapsody {min(ours_runs):.3f} µs, raw {min(floors):.3f} µs, "
-          f"ratio {min(ours_runs) / min(floors):.2f}; not a target)", flush=True)
+    # For reading the line above: how much of the gap is the collector rescanning live tasks.
+    ours, floor = noop_pair(n, repeats, collector=False)
+    print(f"  (same, collector paused: rhapsody {ours:.3f} µs, raw {floor:.3f} µs, "
+          f"ratio {ours / floor:.2f}; not a target)", flush=True)
 
     n = 20_000 // scale
     compare_executor("threads", lambda: ThreadPoolExecutor(max_workers=cpus), n, repeats, 2.0)
