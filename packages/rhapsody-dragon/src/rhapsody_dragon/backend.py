@@ -216,44 +216,39 @@ class DragonBackend(BaseBackend):
             except Exception:  # noqa: BLE001 - already destroyed by its user, or runtime gone
                 pass
         self._ddicts.clear()
-        if self._registry:
-            # Tasks still run. Stop them as cancel_task does (kill executables' process groups,
-            # cancel them in Dragon) so that the Batch can wind down through join(): terminate()
-            # with work in flight has brought the whole Dragon runtime down ("fatal exception")
-            # on a loaded 2-core machine. Bounded as a whole.
-            entries = list(self._registry.values())
-            for entry in entries:
-                _kill_group(entry)
-            deadline = time.monotonic() + min(10.0, self._shutdown_timeout)
-            for entry in entries:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    entry.handle.cancel(min(left, 5.0))
-                except Exception:  # noqa: BLE001 - terminate() below still stops it
-                    pass
-        if self._broken is None:
-            # join() waits for Dragon's managers to wind down; its timeout bounds each of its
-            # steps, not the whole, so it runs aside and is given up on after shutdown_timeout.
-            failure: list[BaseException] = []
-
-            def join() -> None:
-                try:
-                    batch.join(timeout=self._shutdown_timeout)
-                except BaseException as exc:  # noqa: BLE001 - handed to the closing thread
-                    failure.append(exc)
-
-            joiner = threading.Thread(target=join, name="rhapsody-dragon-join", daemon=True)
-            joiner.start()
-            joiner.join(self._shutdown_timeout)
-            if not joiner.is_alive() and not failure:
-                return
-            batch.terminate(timeout=min(5.0, self._shutdown_timeout))
-            if failure:
-                raise RuntimeError("dragon: Batch.join() failed; the Batch was terminated") from failure[0]
+        # Tasks that still run are stopped as cancel_task stops them, so that the Batch can wind
+        # down through join(): terminate() with work in flight has brought the whole Dragon
+        # runtime down ("fatal exception") on a loaded 2-core machine. Bounded as a whole.
+        entries = list(self._registry.values())
+        for entry in entries:
+            _kill_group(entry)
+        deadline = time.monotonic() + min(10.0, self._shutdown_timeout)
+        for entry in entries:
+            _cancel_in_dragon(entry, min(deadline - time.monotonic(), 5.0))
+        joined, failure = self._join(batch) if self._broken is None else (False, None)
+        if joined:
             return
         batch.terminate(timeout=min(5.0, self._shutdown_timeout))
+        if failure is not None:
+            raise RuntimeError("dragon: Batch.join() failed; the Batch was terminated") from failure
+
+    def _join(self, batch: Any) -> tuple[bool, BaseException | None]:
+        """Join ``batch`` within ``shutdown_timeout``: (whether it joined, what join raised)."""
+        # join() waits for Dragon's managers to wind down; its timeout bounds each of its steps,
+        # not the whole, so it runs aside and is given up on after shutdown_timeout.
+        failure: list[BaseException] = []
+
+        def join() -> None:
+            try:
+                batch.join(timeout=self._shutdown_timeout)
+            except BaseException as exc:  # noqa: BLE001 - handed to the closing thread
+                failure.append(exc)
+
+        joiner = threading.Thread(target=join, name="rhapsody-dragon-join", daemon=True)
+        joiner.start()
+        joiner.join(self._shutdown_timeout)
+        error = failure[0] if failure else None
+        return not joiner.is_alive() and error is None, error
 
     # -- submit ------------------------------------------------------------------------------
 
@@ -477,10 +472,7 @@ class DragonBackend(BaseBackend):
             self._cancelled.add(tuid)  # type: ignore[arg-type]
         # Dragon 0.15 cannot stop a running process whose children live on: kill the group.
         _kill_group(entry)
-        try:
-            await asyncio.to_thread(entry.handle.cancel, min(10.0, self._shutdown_timeout))
-        except Exception:  # noqa: BLE001 - a lost cancel reply still leaves the task cancelled here
-            pass
+        await asyncio.to_thread(_cancel_in_dragon, entry, min(10.0, self._shutdown_timeout))
         self.report([(task, _CANCELED)])
         return True
 
@@ -518,6 +510,16 @@ class DragonBackend(BaseBackend):
         ddict = await asyncio.to_thread(DDict, managers_per_node, n_nodes, total_mem, **options)
         self._ddicts.append(ddict)
         return ddict
+
+
+def _cancel_in_dragon(entry: _Entry, timeout: float) -> None:
+    """Ask Dragon to cancel a task (queued: it never starts; running: its worker stops it)."""
+    if timeout <= 0:
+        return
+    try:
+        entry.handle.cancel(timeout)
+    except Exception:  # noqa: BLE001 - a lost cancel reply still leaves the task cancelled here
+        pass
 
 
 def _kill_group(entry: _Entry) -> None:
