@@ -263,35 +263,32 @@ class Session:
             self._apply(updates)
 
     def _apply(self, updates: list[Update]) -> None:
-        if len(updates) >= _GC_PAUSE_AT and gc.isenabled():
+        paused = len(updates) >= _GC_PAUSE_AT and gc.isenabled()
+        if paused:
             gc.disable()
-            try:
-                self._apply_all(updates)
-            finally:
+        try:
+            inflight_pop = self._inflight.pop
+            for task, state in updates:
+                if state not in TERMINAL_STATES:
+                    if task["state"] not in TERMINAL_STATES:
+                        task["state"] = state
+                    continue
+                # A late report for a task that already ended (e.g. cancelled on close) is ignored.
+                if inflight_pop(task["uid"], None) is None:
+                    continue
+                task["state"] = state
+                future = task._future
+                if future is None or future.done():
+                    continue
+                if state == _DONE:
+                    future.set_result(task)
+                elif state == _FAILED:
+                    future.set_exception(_failure_of(task))
+                else:
+                    future.cancel()
+        finally:
+            if paused:
                 gc.enable()
-        else:
-            self._apply_all(updates)
-
-    def _apply_all(self, updates: list[Update]) -> None:
-        inflight_pop = self._inflight.pop
-        for task, state in updates:
-            if state not in TERMINAL_STATES:
-                if task["state"] not in TERMINAL_STATES:
-                    task["state"] = state
-                continue
-            # A late report for a task that already ended (e.g. cancelled on close) is ignored.
-            if inflight_pop(task["uid"], None) is None:
-                continue
-            task["state"] = state
-            future = task._future
-            if future is None or future.done():
-                continue
-            if state == _DONE:
-                future.set_result(task)
-            elif state == _FAILED:
-                future.set_exception(_failure_of(task))
-            else:
-                future.cancel()
         if self._hook_generation != plugins.generation:
             self._refresh_hooks()
         if self._notify is not None:
