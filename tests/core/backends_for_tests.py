@@ -34,9 +34,9 @@ class ThreadedBackend(BaseBackend):
         self.reported = threading.Event()
 
     def bind(self, receiver: Receiver, loop: asyncio.AbstractEventLoop) -> None:
-        def counting(updates: list[Any]) -> None:
+        def counting(items: Any, state: str | None) -> None:
             self.receiver_calls += 1
-            receiver(updates)
+            receiver(items, state)
 
         super().bind(counting, loop)
 

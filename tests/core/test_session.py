@@ -419,6 +419,40 @@ async def test_intermediate_states_are_applied_and_late_reports_ignored() -> Non
         assert task.state == "DONE"
 
 
+async def test_report_all_from_a_thread_keeps_order_with_report_and_copies_its_list() -> None:
+    backend = StuckBackend(hang=False)
+    calls: list[tuple[int, str | None]] = []
+    async with Session(backends=[backend]) as session:
+        receive = backend._receiver
+        assert receive is not None
+
+        def counting(items: object, state: str | None) -> None:
+            calls.append((len(items), state))  # type: ignore[arg-type]
+            receive(items, state)
+
+        backend._receiver = counting
+        tasks = [ComputeTask(function=workloads.add) for _ in range(3)]
+        futures = await session.submit_tasks(tasks)
+
+        def engine() -> None:
+            backend.report([(tasks[0], "RUNNING")])
+            backend.report([(tasks[1], "RUNNING")])  # joins the waiting batch above
+            sweep = [tasks[0], tasks[1]]
+            backend.report_all(sweep, "DONE")
+            sweep.clear()  # the backend reuses its buffer: the queued report must not change
+            backend.report([(tasks[1], "FAILED"), (tasks[2], "RUNNING")])  # tasks[1]: too late
+
+        thread = threading.Thread(target=engine)
+        thread.start()
+        thread.join(NO_HANG)  # the loop is blocked: every report waits behind one wake-up
+        await asyncio.wait_for(asyncio.gather(futures[0], futures[1]), NO_HANG)
+        assert calls == [(2, None), (2, "DONE"), (2, None)]
+        assert [t.state for t in tasks] == ["DONE", "DONE", "RUNNING"]
+        assert session.in_flight == 1
+        backend.report_all([tasks[2]], "CANCELED")  # on the loop thread: applied at once
+        assert futures[2].cancelled() and session.in_flight == 0
+
+
 # -- cancel ----------------------------------------------------------------------------------
 
 

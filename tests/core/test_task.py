@@ -254,6 +254,53 @@ def test_dict_and_attribute_access_are_one_value() -> None:
         del task.note
 
 
+def test_unset_fields_read_as_their_defaults_and_are_not_stored() -> None:
+    task = ComputeTask(function=workloads.add)
+    assert set(task) == {"uid", "backend", "state", "function"}
+    for name, default in [("args", ()), ("kwargs", {}), ("arguments", ()), ("timeout", None),
+                          ("executable", None), ("stdout", None), ("exit_code", None),
+                          ("task_backend_specific_kwargs", {})]:
+        assert task[name] == default and getattr(task, name) == default
+        assert task.get(name, "other") == default  # a field's default, not get()'s
+        assert name in task
+    assert task.get("no_such_field", 7) == 7 and "no_such_field" not in task
+    with pytest.raises(KeyError):
+        _ = task["no_such_field"]
+    task.stdout = "out"
+    assert task.get("stdout") == "out" and "stdout" in set(task)
+    executable = ComputeTask(executable="/bin/echo", arguments=["hi"])
+    assert set(executable) == {"uid", "backend", "state", "executable", "arguments"}
+    assert executable.function is None and executable.kind == "executable"
+    ai = AITask("hi", temperature=0.5)
+    assert set(ai) == {"uid", "backend", "state", "prompt", "temperature"}
+    assert ai.model is None and ai.response is None and ai.top_k is None
+
+
+def test_the_shared_empty_mapping_refuses_changes_and_says_what_to_do() -> None:
+    task = ComputeTask(function=workloads.add)
+    other = ComputeTask(function=workloads.add)
+    with pytest.raises(TypeError, match=r"assign one instead, e\.g\. task\.task_backend_specific_kwargs"):
+        task.task_backend_specific_kwargs["cwd"] = "/tmp"
+    with pytest.raises(TypeError, match=r"holds no mapping of its own"):
+        task.kwargs.update(a=1)
+    assert other.kwargs == {} and other.task_backend_specific_kwargs == {}
+    task.kwargs = {"a": 1}
+    task.kwargs["b"] = 2  # a mapping of the task's own changes freely
+    assert task.kwargs == {"a": 1, "b": 2} and other.kwargs == {}
+    copied = pickle.loads(pickle.dumps(other.task_backend_specific_kwargs))
+    assert type(copied) is dict and copied == {}
+    copied["cwd"] = "/tmp"
+    assert type(copy.copy(other.kwargs)) is dict
+    assert json.loads(json.dumps({"kwargs": other.kwargs})) == {"kwargs": {}}
+
+
+def test_given_mappings_are_copied_into_the_task() -> None:
+    kwargs, options = {"a": 1}, {"cwd": "/tmp"}
+    task = ComputeTask(function=workloads.add, kwargs=kwargs, task_backend_specific_kwargs=options)
+    kwargs["a"], options["cwd"] = 2, "/elsewhere"
+    assert task.kwargs == {"a": 1} and task.task_backend_specific_kwargs == {"cwd": "/tmp"}
+
+
 def test_tasks_hash_and_compare_by_identity() -> None:
     a = ComputeTask(function=workloads.add, uid="same")
     b = ComputeTask(function=workloads.add, uid="same")

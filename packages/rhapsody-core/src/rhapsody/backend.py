@@ -44,7 +44,9 @@ def check_process_options(uid: str, options: Mapping[str, Any]) -> None:
 Update = tuple[Task, str]
 """One state change: the task (its result fields already filled) and its new state."""
 
-Receiver = Callable[[list[Update]], None]
+Receiver = Callable[[Any, str | None], None]
+"""Where a backend's reports go: ``receiver(updates, None)`` for a list of :data:`Update`, or
+``receiver(tasks, state)`` for a sequence of tasks that all reached ``state``."""
 
 
 class BaseBackend(abc.ABC):
@@ -58,7 +60,8 @@ class BaseBackend(abc.ABC):
 
     When tasks end, a backend fills their result fields — ``return_value``; ``exception`` for a
     function that raised (the original exception object); ``stdout``, ``stderr`` (str) and
-    ``exit_code`` for executables — and passes them to :meth:`report` with their new state.
+    ``exit_code`` for executables — and passes them to :meth:`report` with their new state, or,
+    for a sweep of tasks that all reached one state, to :meth:`report_all`.
     """
 
     name: ClassVar[str]
@@ -68,7 +71,9 @@ class BaseBackend(abc.ABC):
         self._receiver: Receiver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
-        self._pending: list[Update] = []
+        # Reports from other threads wait here for the loop, in order, as (items, state) batches
+        # like the receiver's arguments.
+        self._pending: list[tuple[Any, str | None]] = []
         self._pending_lock = threading.Lock()
         self._initialized = False
         self._closed = False
@@ -164,29 +169,60 @@ class BaseBackend(abc.ABC):
         runs: engines that complete tasks from their own threads pay one cross-thread wake-up per
         sweep, not per task.
         """
-        receiver = self._receiver
-        if receiver is None:
-            raise RuntimeError(f"backend {self.name!r} is not attached to a session")
+        receiver = self._attached()
         if threading.get_ident() == self._loop_thread:
-            receiver(updates if isinstance(updates, list) else list(updates))
+            receiver(updates if isinstance(updates, list) else list(updates), None)
+            return
+        with self._pending_lock:
+            pending = self._pending
+            wake = not pending
+            if pending and pending[-1][1] is None:
+                # Extends the batch that waits last, so a burst of reports is one hand-over.
+                pending[-1][0].extend(updates)
+            else:
+                pending.append((list(updates), None))
+        if wake:
+            self._wake()
+
+    def report_all(self, tasks: Sequence[Task], state: str) -> None:
+        """Tell the session that every task in ``tasks`` reached ``state``. Safe from any thread.
+
+        The same as ``report([(task, state) for task in tasks])`` without building a pair per
+        task: the cheapest hand-over, for a sweep of tasks that ended alike. The session does
+        not keep ``tasks`` itself; the caller may reuse the sequence afterwards.
+        """
+        receiver = self._attached()
+        if threading.get_ident() == self._loop_thread:
+            receiver(tasks, state)
             return
         with self._pending_lock:
             wake = not self._pending
-            self._pending.extend(updates)
+            self._pending.append((list(tasks), state))
         if wake:
-            loop = self._loop
-            assert loop is not None
-            try:
-                loop.call_soon_threadsafe(self._flush_pending)
-            except RuntimeError:
-                # The loop has closed: the session already ended every task it held.
-                pass
+            self._wake()
+
+    def _attached(self) -> Receiver:
+        receiver = self._receiver
+        if receiver is None:
+            raise RuntimeError(f"backend {self.name!r} is not attached to a session")
+        return receiver
+
+    def _wake(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            loop.call_soon_threadsafe(self._flush_pending)
+        except RuntimeError:
+            # The loop has closed: the session already ended every task it held.
+            pass
 
     def _flush_pending(self) -> None:
         with self._pending_lock:
-            updates, self._pending = self._pending, []
-        if updates and self._receiver is not None:
-            self._receiver(updates)
+            batches, self._pending = self._pending, []
+        receiver = self._receiver
+        if receiver is not None:
+            for items, state in batches:
+                receiver(items, state)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "ready" if self._initialized else "new"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import repeat
 from typing import Any
 
 from . import plugins
@@ -78,7 +79,7 @@ class Session:
         # Reports a backend makes while the session is inside its submit_tasks (e.g. from the
         # loop thread, synchronously) wait here, so plugins hear of a submission before its end.
         self._submitting = 0
-        self._held: list[Update] = []
+        self._held: list[tuple[Any, str | None]] = []
         # Looked up again only when plugins change: an unimplemented hook then costs one
         # attribute test per batch.
         self._hook_generation = -1
@@ -254,35 +255,39 @@ class Session:
     def _release_held(self) -> None:
         if self._held and not self._submitting:
             held, self._held = self._held, []
-            self._apply(held)
+            for items, state in held:
+                self._apply(items, state)
 
-    def _receive(self, updates: list[Update]) -> None:
+    def _receive(self, items: Any, state: str | None) -> None:
+        # ``items``: a list of (task, state) updates when ``state`` is None, else tasks that all
+        # reached ``state`` (BaseBackend.report_all). Held batches are copies: the backend may
+        # reuse its list once the report returns.
         if self._submitting:
-            self._held.extend(updates)
+            self._held.append((list(items), state))
         else:
-            self._apply(updates)
+            self._apply(items, state)
 
-    def _apply(self, updates: list[Update]) -> None:
-        paused = len(updates) >= _GC_PAUSE_AT and gc.isenabled()
+    def _apply(self, items: Sequence[Any], state: str | None) -> None:
+        paused = len(items) >= _GC_PAUSE_AT and gc.isenabled()
         if paused:
             gc.disable()
         try:
             inflight_pop = self._inflight.pop
-            for task, state in updates:
-                if state not in TERMINAL_STATES:
+            for task, new in _pairs(items, state):
+                if new not in TERMINAL_STATES:
                     if task["state"] not in TERMINAL_STATES:
-                        task["state"] = state
+                        task["state"] = new
                     continue
                 # A late report for a task that already ended (e.g. cancelled on close) is ignored.
                 if inflight_pop(task["uid"], None) is None:
                     continue
-                task["state"] = state
+                task["state"] = new
                 future = task._future
                 if future is None or future.done():
                     continue
-                if state == _DONE:
+                if new == _DONE:
                     future.set_result(task)
-                elif state == _FAILED:
+                elif new == _FAILED:
                     future.set_exception(_failure_of(task))
                 else:
                     future.cancel()
@@ -293,7 +298,7 @@ class Session:
             self._refresh_hooks()
         if self._notify is not None:
             # Late reports that were ignored above changed nothing: plugins must not count them.
-            changed = [task for task, state in updates if task["state"] == state]
+            changed = [task for task, new in _pairs(items, state) if task["state"] == new]
             if changed:
                 self._notify(tasks=changed)
 
@@ -390,7 +395,12 @@ class Session:
                     task["exception"] = SessionClosedError(
                         f"task {task['uid']} was still running when its session closed"
                     )
-            self._apply([(task, _CANCELED) for task in left])
+            self._apply(left, _CANCELED)
+
+
+def _pairs(items: Sequence[Any], state: str | None) -> Iterator[Update]:
+    # zip reuses its result tuple when the loop drops it, so a uniform batch allocates no pair.
+    return iter(items) if state is None else zip(items, repeat(state))
 
 
 def _not_started() -> asyncio.Future[Task]:

@@ -3,6 +3,15 @@
 A task is a plain ``dict`` with attribute access, so it pickles, serialises to JSON (minus the
 callable) and can be inspected by any tool. It is the single source of truth for its own state and
 results: sessions and backends keep nothing about a task once it has ended.
+
+A task stores only the fields that hold a value of their own; every other field of its kind reads
+as its default (``None``, ``()``, or an empty mapping) through ``task[name]``, ``task.name``,
+``task.get(name)`` and ``name in task``; iterating a task (``keys()``, ``dict(task)``, JSON)
+shows the stored ones. A function task with no options is four entries, not fifteen: less memory,
+and less work for Python's cyclic collector, which rescans every live task (a workflow that builds
+a million tasks up front holds a million). The mappings ``kwargs`` and
+``task_backend_specific_kwargs`` read, until set, as one shared read-only empty mapping: assign
+a dict of the task's own rather than filling that one.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Generator, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .states import TaskState
 
@@ -52,15 +61,64 @@ def _reject_unknown(cls: type, extra: Mapping[str, Any]) -> None:
     raise TypeError(f"{cls.__name__}() got an unexpected keyword argument {name!r}")
 
 
+class _EmptyOptions(dict):  # type: ignore[type-arg]
+    """The one empty, read-only mapping that unset ``kwargs`` and ``task_backend_specific_kwargs``
+    read as. Shared by every task, so a task without options allocates none."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "this task's field holds no mapping of its own yet (it reads as a shared empty one); "
+            "assign one instead, e.g. task.task_backend_specific_kwargs = {'cwd': '/tmp'}"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
+    update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Copies (pickle, deepcopy) are ordinary dicts of their own.
+        return (dict, ())
+
+    def __copy__(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        return "{}"
+
+
+NO_OPTIONS: dict[str, Any] = _EmptyOptions()
+_MISSING: Any = object()
+
+
 class Task(dict):  # type: ignore[type-arg]
     """Base class of all tasks: a dict whose keys are also attributes.
 
+    Fields still at their default are not stored but read as it (see the module docstring).
     ``await task`` waits for a submitted task and returns it, or raises what its future raises.
     """
 
     __slots__ = ("_future",)
 
     kind: str = "task"
+    # Every field of the task kind and the value it reads as while not stored.
+    _defaults: ClassVar[dict[str, Any]] = {}
+
+    def __missing__(self, key: str) -> Any:
+        value = self._defaults.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        """``task[key]`` for a field of the task kind; ``default`` for any other missing key."""
+        value = dict.get(self, key, _MISSING)
+        if value is _MISSING:
+            return self._defaults.get(key, default)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return dict.__contains__(self, key) or key in self._defaults
 
     # Attribute access maps onto the dict, so ``task.state`` and ``task["state"]`` are one value.
     def __getattr__(self, name: str) -> Any:
@@ -129,8 +187,6 @@ def _check_names(owner: str, uid: Any, backend: Any) -> None:
 
 
 def _check_backend_kwargs(owner: str, value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
     if not isinstance(value, Mapping):
         raise TypeError(
             f"{owner}: task_backend_specific_kwargs must be a dict, not {type(value).__name__}"
@@ -139,12 +195,12 @@ def _check_backend_kwargs(owner: str, value: Any) -> dict[str, Any]:
 
 
 _set_slot = object.__setattr__
+_NEW = TaskState.NEW
 
-_COMPUTE_FIELDS: dict[str, Any] = {
-    "uid": None, "backend": None, "state": TaskState.NEW, "function": None, "executable": None,
-    "args": (), "kwargs": None, "arguments": None, "timeout": None,
-    "task_backend_specific_kwargs": None, "return_value": None, "exception": None,
-    "stdout": None, "stderr": None, "exit_code": None,
+# Fields every task kind has, with the value each reads as until set.
+_COMMON_FIELDS: dict[str, Any] = {
+    "uid": None, "backend": None, "state": _NEW, "task_backend_specific_kwargs": NO_OPTIONS,
+    "return_value": None, "exception": None, "stdout": None, "stderr": None, "exit_code": None,
 }
 
 
@@ -173,6 +229,10 @@ class ComputeTask(Task):
     """
 
     __slots__ = ()
+    _defaults: ClassVar[dict[str, Any]] = {
+        **_COMMON_FIELDS, "function": None, "executable": None, "args": (), "kwargs": NO_OPTIONS,
+        "arguments": (), "timeout": None,
+    }
 
     def __init__(
         self,
@@ -242,31 +302,31 @@ class ComputeTask(Task):
             or not (isinstance(timeout, (int, float)) and timeout > 0 and math.isfinite(timeout))
         ):
             raise ValueError(f"ComputeTask: timeout must be a positive number of seconds, got {timeout!r}")
-        # Copying a template and setting only what differs from it is the cheapest way to build
-        # the dict (measured); task creation is on the hot path of workflows that stream millions.
-        dict.__init__(self, _COMPUTE_FIELDS)
+        # Only what differs from the defaults is stored (see the module docstring). ``backend``
+        # always is: the session reads it for every task it routes.
         self["uid"] = uid if uid is not None else f"{_uid_prefix}{next(_uid_counter)}"
-        if backend is not None:
-            self["backend"] = backend
-        self["function"] = function
-        if executable is not None:
+        self["backend"] = backend
+        self["state"] = _NEW
+        if function is not None:
+            self["function"] = function
+            if args:
+                self["args"] = args if type(args) is tuple else tuple(args)
+            if kwargs:
+                self["kwargs"] = dict(kwargs)
+        else:
             self["executable"] = executable
-        if args:
-            self["args"] = args if type(args) is tuple else tuple(args)
-        self["kwargs"] = dict(kwargs) if kwargs else {}
-        self["arguments"] = arguments
+            self["arguments"] = arguments
         if timeout is not None:
             self["timeout"] = timeout
-        self["task_backend_specific_kwargs"] = (
-            {} if task_backend_specific_kwargs is None
-            else _check_backend_kwargs("ComputeTask", task_backend_specific_kwargs)
-        )
+        if task_backend_specific_kwargs is not None:
+            self["task_backend_specific_kwargs"] = _check_backend_kwargs(
+                "ComputeTask", task_backend_specific_kwargs)
         _set_slot(self, "_future", None)
 
     @property
     def kind(self) -> str:  # type: ignore[override]
         """``"function"`` or ``"executable"``."""
-        return "executable" if self["function"] is None else "function"
+        return "executable" if dict.get(self, "function") is None else "function"
 
 
 def _check_range(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
@@ -304,6 +364,11 @@ class AITask(Task):
 
     __slots__ = ()
     kind = "ai"
+    _defaults: ClassVar[dict[str, Any]] = {
+        **_COMMON_FIELDS, "prompt": None, "model": None, "system_prompt": None,
+        "temperature": None, "max_tokens": None, "top_p": None, "top_k": None, "stop": None,
+        "inference_endpoint": None, "response": None, "finish_reason": None, "usage": None,
+    }
 
     def __init__(
         self,
@@ -353,28 +418,18 @@ class AITask(Task):
                              ("inference_endpoint", inference_endpoint)):
             if given is not None and not isinstance(given, str):
                 raise TypeError(f"AITask: {label} must be a string, got {given!r}")
-        dict.__init__(
-            self,
-            uid=uid if uid is not None else f"{_uid_prefix}{next(_uid_counter)}",
-            backend=backend,
-            state=TaskState.NEW,
-            prompt=prompt,
-            model=model,
-            system_prompt=system_prompt,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            top_p=top_p,
-            top_k=top_k,
-            stop=stop,
-            inference_endpoint=inference_endpoint,
-            task_backend_specific_kwargs=_check_backend_kwargs("AITask", task_backend_specific_kwargs),
-            response=None,
-            finish_reason=None,
-            usage=None,
-            return_value=None,
-            exception=None,
-            stdout=None,
-            stderr=None,
-            exit_code=None,
-        )
+        self["uid"] = uid if uid is not None else f"{_uid_prefix}{next(_uid_counter)}"
+        self["backend"] = backend
+        self["state"] = _NEW
+        self["prompt"] = prompt
+        fields: tuple[tuple[str, Any], ...] = (
+            ("model", model), ("system_prompt", system_prompt),
+            ("temperature", temperature), ("max_tokens", max_tokens), ("top_p", top_p),
+            ("top_k", top_k), ("stop", stop), ("inference_endpoint", inference_endpoint))
+        for field, value in fields:
+            if value is not None:
+                self[field] = value
+        if task_backend_specific_kwargs is not None:
+            self["task_backend_specific_kwargs"] = _check_backend_kwargs(
+                "AITask", task_backend_specific_kwargs)
         object.__setattr__(self, "_future", None)

@@ -24,8 +24,7 @@ class NoopBackend(BaseBackend):
         super().__init__()
 
     async def submit_tasks(self, tasks: Sequence[Task]) -> None:
-        done = TaskState.DONE
-        self.report([(task, done) for task in tasks])
+        self.report_all(tasks, TaskState.DONE)
 
     async def cancel_task(self, task: Task) -> bool:
         return False
