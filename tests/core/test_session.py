@@ -207,6 +207,12 @@ async def test_duplicate_submission_of_a_running_uid() -> None:
         with pytest.raises(ValueError, match=r"task uid 'twin' is used twice: by another task in flight"):
             await session.submit_tasks([second])
         assert second.state == "NEW"
+        # A refused call undoes only its own tasks: the running one stays in flight.
+        fresh = ComputeTask(function=workloads.add, args=(2, 2))
+        with pytest.raises(ValueError, match=r"task twin has already been submitted"):
+            await session.submit_tasks([fresh, first])
+        assert (fresh.state, fresh.future, session.in_flight) == ("NEW", None, 1)
+        assert first.future is not None and first.state == "SUBMITTED"
         release.set()
         await session.wait_tasks([first], timeout=NO_HANG)
         assert first.return_value == 3
@@ -247,7 +253,11 @@ async def test_backend_refusal_leaves_tasks_new_and_session_working() -> None:
         bad = shell("true", task_backend_specific_kwargs={"nice": 5})
         with pytest.raises(ValueError, match=r"concurrent does not understand task_backend_specific_kwargs \['nice'\]"):
             await session.submit_tasks([bad])
-        assert (bad.state, bad.future, bad.backend) == ("NEW", None, "concurrent")
+        assert (bad.state, bad.future, bad.backend) == ("NEW", None, None)  # as it was made
+        pinned = shell("true", backend="concurrent", task_backend_specific_kwargs={"nice": 5})
+        with pytest.raises(ValueError, match=r"\['nice'\]"):
+            await session.submit_tasks([pinned])
+        assert (pinned.state, pinned.future, pinned.backend) == ("NEW", None, "concurrent")
         assert session.in_flight == 0
         again = shell("echo again")
         await session.submit_tasks([again])

@@ -19,9 +19,10 @@ from .backend import BaseBackend, Update
 from .errors import SessionClosedError, TaskExecutionError
 from .plugins import get_backend, hook_if_implemented
 from .states import TERMINAL_STATES, TaskState
-from .task import Task
+from .task import ComputeTask, Task
 
 _DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
+_stored = dict.get
 
 # Registering or ending a large batch allocates objects per task and frees nothing; meanwhile
 # Python's cyclic collector would run its full pass over every live task several times (at 100K
@@ -184,11 +185,16 @@ class Session:
         validate = self._validate
         create_future = self._future_factory
         set_future = object.__setattr__
+        submitted = TaskState.SUBMITTED
         groups: dict[BaseBackend, list[Task]] = {}
+        futures: list[asyncio.Future[Task]] = []
+        named: set[Task] = set()  # tasks that came with a backend name: an undo keeps it
         paused = len(tasks) >= _GC_PAUSE_AT and gc.isenabled()
         if paused:
             gc.disable()
-        # One pass checks, routes and registers each task; any error undoes the whole call.
+        # One pass checks, routes, registers and marks each task (one pass over a hundred
+        # thousand tasks is also one trip of each through the CPU cache); any error undoes the
+        # whole call.
         try:
             for task in tasks:
                 if not isinstance(task, Task):
@@ -201,35 +207,38 @@ class Session:
                         f"task uid {uid!r} is used twice: by another task in flight or earlier "
                         "in this call"
                     )
-                backend = by_kind.get(task.kind) if task["backend"] is None else None
-                if backend is None:
+                if task["backend"] is None:
+                    # ComputeTask.kind, without a property call per task
+                    kind = (("executable" if _stored(task, "function") is None else "function")
+                            if type(task) is ComputeTask else task.kind)
+                    backend = by_kind.get(kind) or self._route(task)
+                else:
                     backend = self._route(task)
+                    named.add(task)
                 if validate is not None:
                     validate(task=task, backend=backend)
-                set_future(task, "_future", create_future())
+                future = create_future()
+                set_future(task, "_future", future)
+                futures.append(future)
                 inflight[uid] = task
+                task["backend"] = backend.name
+                task["state"] = submitted
                 group = groups.get(backend)
                 if group is None:
                     groups[backend] = [task]
                 else:
                     group.append(task)
         except BaseException:
-            for group in groups.values():
-                for task in group:
-                    inflight.pop(task["uid"], None)
-                    set_future(task, "_future", None)
+            # The tasks registered so far are the first ones, one future each.
+            for task in tasks[:len(futures)]:
+                self._unregister(task, named)
             raise
         finally:
             if paused:
                 gc.enable()
 
-        submitted = TaskState.SUBMITTED
         handed = list(groups.items())
         for index, (backend, group) in enumerate(handed):
-            name = backend.name
-            for task in group:
-                task["backend"] = name
-                task["state"] = submitted
             self._submitting += 1
             try:
                 await backend.submit_tasks(group)
@@ -239,16 +248,22 @@ class Session:
                 undo = [task for task in group if task["state"] == submitted]
                 undo += [task for _, later in handed[index + 1:] for task in later]
                 for task in undo:
-                    inflight.pop(task["uid"], None)
-                    set_future(task, "_future", None)
-                    task["state"] = TaskState.NEW
+                    self._unregister(task, named)
                 self._release_held()
                 raise
             self._submitting -= 1
             if self._notify is not None:
                 self._notify(tasks=group)
             self._release_held()
-        return [task._future for task in tasks]
+        return futures
+
+    def _unregister(self, task: Task, named: set[Task]) -> None:
+        # Back to how the caller made it: unsubmitted, NEW, pinned to a backend only if it was.
+        self._inflight.pop(task["uid"], None)
+        object.__setattr__(task, "_future", None)
+        task["state"] = TaskState.NEW
+        if task not in named:
+            task["backend"] = None
 
     # -- completions (always on the loop thread) ---------------------------------------------
 
