@@ -202,11 +202,6 @@ class Session:
                 uid = task["uid"]
                 if task._future is not None:
                     raise ValueError(f"task {uid} has already been submitted; make a new task")
-                if uid in inflight:
-                    raise ValueError(
-                        f"task uid {uid!r} is used twice: by another task in flight or earlier "
-                        "in this call"
-                    )
                 if task["backend"] is None:
                     # ComputeTask.kind, without a property call per task
                     kind = (("executable" if _stored(task, "function") is None else "function")
@@ -220,7 +215,13 @@ class Session:
                 future = create_future()
                 set_future(task, "_future", future)
                 futures.append(future)
-                inflight[uid] = task
+                # Registers the uid and finds a duplicate in one lookup of a table that can hold
+                # millions.
+                if inflight.setdefault(uid, task) is not task:
+                    raise ValueError(
+                        f"task uid {uid!r} is used twice: by another task in flight or earlier "
+                        "in this call"
+                    )
                 task["backend"] = backend.name
                 task["state"] = submitted
                 group = groups.get(backend)
@@ -259,7 +260,8 @@ class Session:
 
     def _unregister(self, task: Task, named: set[Task]) -> None:
         # Back to how the caller made it: unsubmitted, NEW, pinned to a backend only if it was.
-        self._inflight.pop(task["uid"], None)
+        if self._inflight.get(task["uid"]) is task:  # not the other task a duplicate uid names
+            del self._inflight[task["uid"]]
         object.__setattr__(task, "_future", None)
         task["state"] = TaskState.NEW
         if task not in named:
