@@ -463,6 +463,19 @@ async def test_report_all_from_a_thread_keeps_order_with_report_and_copies_its_l
         assert futures[2].cancelled() and session.in_flight == 0
 
 
+async def test_a_future_the_program_cancelled_does_not_break_the_report() -> None:
+    backend = StuckBackend(hang=False)
+    async with Session(backends=[backend]) as session:
+        tasks = [ComputeTask(function=workloads.add) for _ in range(3)]
+        futures = await session.submit_tasks(tasks)
+        futures[0].cancel()  # e.g. asyncio.wait_for around it timed out
+        futures[1].cancel()
+        tasks[1].exception = ValueError("boom")
+        backend.report([(tasks[0], "DONE"), (tasks[1], "FAILED"), (tasks[2], "DONE")])
+        assert [t.state for t in tasks] == ["DONE", "FAILED", "DONE"]
+        assert futures[2].result() is tasks[2] and session.in_flight == 0
+
+
 # -- cancel ----------------------------------------------------------------------------------
 
 

@@ -22,7 +22,6 @@ from .states import TERMINAL_STATES, TaskState
 from .task import ComputeTask, Task
 
 _DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
-_stored = dict.get
 
 # Registering or ending a large batch allocates objects per task and frees nothing; meanwhile
 # Python's cyclic collector would run its full pass over every live task several times (at 100K
@@ -71,6 +70,12 @@ class Session:
         for backend in self._backends.values():
             for kind in backend.task_kinds:
                 self._by_kind.setdefault(kind, backend)
+        # The backend every ComputeTask without a backend name goes to, when functions and
+        # executables go to the same one (the usual case): no kind to work out per task.
+        runs_functions = self._by_kind.get("function")
+        self._compute_backend = (
+            runs_functions if runs_functions is self._by_kind.get("executable") else None
+        )
         self._inflight: dict[str, Task] = {}
         self._close_timeout = close_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -180,6 +185,7 @@ class Session:
         tasks = tasks if isinstance(tasks, list) else list(tasks)
         inflight = self._inflight
         by_kind = self._by_kind
+        compute_backend = self._compute_backend
         if self._hook_generation != plugins.generation:
             self._refresh_hooks()
         validate = self._validate
@@ -203,10 +209,10 @@ class Session:
                 if task._future is not None:
                     raise ValueError(f"task {uid} has already been submitted; make a new task")
                 if task["backend"] is None:
-                    # ComputeTask.kind, without a property call per task
-                    kind = (("executable" if _stored(task, "function") is None else "function")
-                            if type(task) is ComputeTask else task.kind)
-                    backend = by_kind.get(kind) or self._route(task)
+                    if compute_backend is not None and type(task) is ComputeTask:
+                        backend = compute_backend
+                    else:
+                        backend = by_kind.get(task.kind) or self._route(task)
                 else:
                     backend = self._route(task)
                     named.add(task)
@@ -300,14 +306,17 @@ class Session:
                     continue
                 task["state"] = new
                 future = task._future
-                if future is None or future.done():
+                if future is None:
                     continue
-                if new == _DONE:
-                    future.set_result(task)
-                elif new == _FAILED:
-                    future.set_exception(_failure_of(task))
-                else:
-                    future.cancel()
+                try:
+                    if new == _DONE:
+                        future.set_result(task)
+                    elif new == _FAILED:
+                        future.set_exception(_failure_of(task))
+                    else:
+                        future.cancel()
+                except asyncio.InvalidStateError:
+                    pass  # the program cancelled this future itself; the task's state still counts
         finally:
             if paused:
                 gc.enable()
