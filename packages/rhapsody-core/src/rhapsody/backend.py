@@ -169,20 +169,7 @@ class BaseBackend(abc.ABC):
         runs: engines that complete tasks from their own threads pay one cross-thread wake-up per
         sweep, not per task.
         """
-        receiver = self._attached()
-        if threading.get_ident() == self._loop_thread:
-            receiver(updates if isinstance(updates, list) else list(updates), None)
-            return
-        with self._pending_lock:
-            pending = self._pending
-            wake = not pending
-            if pending and pending[-1][1] is None:
-                # Extends the batch that waits last, so a burst of reports is one hand-over.
-                pending[-1][0].extend(updates)
-            else:
-                pending.append((list(updates), None))
-        if wake:
-            self._wake()
+        self._hand_over(updates if isinstance(updates, list) else list(updates), None)
 
     def report_all(self, tasks: Sequence[Task], state: str) -> None:
         """Tell the session that every task in ``tasks`` reached ``state``. Safe from any thread.
@@ -191,23 +178,26 @@ class BaseBackend(abc.ABC):
         task: the cheapest hand-over, for a sweep of tasks that ended alike. The session does
         not keep ``tasks`` itself; the caller may reuse the sequence afterwards.
         """
-        receiver = self._attached()
-        if threading.get_ident() == self._loop_thread:
-            receiver(tasks, state)
-            return
-        with self._pending_lock:
-            wake = not self._pending
-            self._pending.append((list(tasks), state))
-        if wake:
-            self._wake()
+        self._hand_over(tasks, state)
 
-    def _attached(self) -> Receiver:
+    def _hand_over(self, items: Sequence[Any], state: str | None) -> None:
+        # ``items`` and ``state`` as the receiver takes them (see Receiver).
         receiver = self._receiver
         if receiver is None:
             raise RuntimeError(f"backend {self.name!r} is not attached to a session")
-        return receiver
-
-    def _wake(self) -> None:
+        if threading.get_ident() == self._loop_thread:
+            receiver(items, state)
+            return
+        with self._pending_lock:
+            pending = self._pending
+            wake = not pending
+            if state is None and pending and pending[-1][1] is None:
+                # Extends the list of updates that waits last: a burst of reports, one hand-over.
+                pending[-1][0].extend(items)
+            else:
+                pending.append((list(items), state))
+        if not wake:
+            return
         loop = self._loop
         assert loop is not None
         try:
