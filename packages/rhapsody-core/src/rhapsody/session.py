@@ -31,6 +31,25 @@ _DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
 _GC_PAUSE_AT = 1000
 
 
+class _PausedCollector:
+    """``with _PausedCollector(n):`` pauses the cyclic collector for a loop over ``n`` tasks when
+    ``n`` reaches ``_GC_PAUSE_AT``, and restores it however the loop ends. A collector the
+    program turned off stays off."""
+
+    __slots__ = ("_paused",)
+
+    def __init__(self, size: int) -> None:
+        self._paused = size >= _GC_PAUSE_AT and gc.isenabled()
+
+    def __enter__(self) -> None:
+        if self._paused:
+            gc.disable()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._paused:
+            gc.enable()
+
+
 class Session:
     """Runs tasks on one or more backends.
 
@@ -183,24 +202,51 @@ class Session:
         if self._closed:
             raise SessionClosedError("cannot submit to a closed session")
         tasks = tasks if isinstance(tasks, list) else list(tasks)
+        if self._hook_generation != plugins.generation:
+            self._refresh_hooks()
+        with _PausedCollector(len(tasks)):
+            groups, futures, named = self._register(tasks)
+
+        handed = list(groups.items())
+        for index, (backend, group) in enumerate(handed):
+            self._submitting += 1
+            try:
+                await backend.submit_tasks(group)
+            except BaseException:
+                self._submitting -= 1
+                # Undo this group and every group not yet handed to its backend.
+                undo = [task for task in group if task["state"] == TaskState.SUBMITTED]
+                undo += [task for _, later in handed[index + 1:] for task in later]
+                for task in undo:
+                    self._unregister(task, named)
+                self._release_held()
+                raise
+            self._submitting -= 1
+            if self._notify is not None:
+                self._notify(tasks=group)
+            self._release_held()
+        return futures
+
+    def _register(
+        self, tasks: list[Task]
+    ) -> tuple[dict[BaseBackend, list[Task]], list[asyncio.Future[Task]], set[Task]]:
+        """Check, route, register and mark each task, in one pass; undo them all on any error.
+
+        Returns the tasks grouped by backend, their futures in order, and the tasks that came
+        with a backend name (an undo leaves them pinned to it).
+        """
         inflight = self._inflight
         by_kind = self._by_kind
         compute_backend = self._compute_backend
-        if self._hook_generation != plugins.generation:
-            self._refresh_hooks()
         validate = self._validate
         create_future = self._future_factory
         set_future = object.__setattr__
         submitted = TaskState.SUBMITTED
         groups: dict[BaseBackend, list[Task]] = {}
         futures: list[asyncio.Future[Task]] = []
-        named: set[Task] = set()  # tasks that came with a backend name: an undo keeps it
-        paused = len(tasks) >= _GC_PAUSE_AT and gc.isenabled()
-        if paused:
-            gc.disable()
-        # One pass checks, routes, registers and marks each task (one pass over a hundred
-        # thousand tasks is also one trip of each through the CPU cache); any error undoes the
-        # whole call.
+        named: set[Task] = set()
+        # One pass is also one trip of each task through the CPU cache, at a hundred thousand
+        # tasks a measurable part of the cost.
         try:
             for task in tasks:
                 if not isinstance(task, Task):
@@ -240,29 +286,7 @@ class Session:
             for task in tasks[:len(futures)]:
                 self._unregister(task, named)
             raise
-        finally:
-            if paused:
-                gc.enable()
-
-        handed = list(groups.items())
-        for index, (backend, group) in enumerate(handed):
-            self._submitting += 1
-            try:
-                await backend.submit_tasks(group)
-            except BaseException:
-                self._submitting -= 1
-                # Undo this group and every group not yet handed to its backend.
-                undo = [task for task in group if task["state"] == submitted]
-                undo += [task for _, later in handed[index + 1:] for task in later]
-                for task in undo:
-                    self._unregister(task, named)
-                self._release_held()
-                raise
-            self._submitting -= 1
-            if self._notify is not None:
-                self._notify(tasks=group)
-            self._release_held()
-        return futures
+        return groups, futures, named
 
     def _unregister(self, task: Task, named: set[Task]) -> None:
         # Back to how the caller made it: unsubmitted, NEW, pinned to a backend only if it was.
@@ -291,11 +315,8 @@ class Session:
             self._apply(items, state)
 
     def _apply(self, items: Sequence[Any], state: str | None) -> None:
-        paused = len(items) >= _GC_PAUSE_AT and gc.isenabled()
-        if paused:
-            gc.disable()
-        try:
-            inflight_pop = self._inflight.pop
+        inflight_pop = self._inflight.pop
+        with _PausedCollector(len(items)):
             for task, new in _pairs(items, state):
                 if new not in TERMINAL_STATES:
                     if task["state"] not in TERMINAL_STATES:
@@ -317,9 +338,6 @@ class Session:
                         future.cancel()
                 except asyncio.InvalidStateError:
                     pass  # the program cancelled this future itself; the task's state still counts
-        finally:
-            if paused:
-                gc.enable()
         if self._hook_generation != plugins.generation:
             self._refresh_hooks()
         if self._notify is not None:
