@@ -77,18 +77,16 @@ class _EmptyOptions(dict):  # type: ignore[type-arg]
     update = setdefault = pop = popitem = clear = _refuse  # type: ignore[assignment]
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Copies (pickle, deepcopy) are ordinary dicts of their own.
+        # Copies (pickle, copy, deepcopy) are ordinary dicts of their own.
         return (dict, ())
-
-    def __copy__(self) -> dict[str, Any]:
-        return {}
 
     def __repr__(self) -> str:
         return "{}"
 
 
-NO_OPTIONS: dict[str, Any] = _EmptyOptions()
+_NO_OPTIONS: dict[str, Any] = _EmptyOptions()
 _MISSING: Any = object()
+_set_slot = object.__setattr__  # sets a task's ``_future`` slot past its __setattr__
 
 
 class Task(dict):  # type: ignore[type-arg]
@@ -176,7 +174,7 @@ class Task(dict):  # type: ignore[type-arg]
 def _restore_task(cls: type[Task], fields: dict[str, Any]) -> Task:
     task = cls.__new__(cls)
     dict.update(task, fields)
-    object.__setattr__(task, "_future", None)
+    _set_slot(task, "_future", None)
     return task
 
 
@@ -194,12 +192,11 @@ def _check_backend_kwargs(owner: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-_set_slot = object.__setattr__
 _NEW = TaskState.NEW
 
 # Fields every task kind has, with the value each reads as until set.
 _COMMON_FIELDS: dict[str, Any] = {
-    "uid": None, "backend": None, "state": _NEW, "task_backend_specific_kwargs": NO_OPTIONS,
+    "uid": None, "backend": None, "state": _NEW, "task_backend_specific_kwargs": _NO_OPTIONS,
     "return_value": None, "exception": None, "stdout": None, "stderr": None, "exit_code": None,
 }
 
@@ -230,7 +227,7 @@ class ComputeTask(Task):
 
     __slots__ = ()
     _defaults: ClassVar[dict[str, Any]] = {
-        **_COMMON_FIELDS, "function": None, "executable": None, "args": (), "kwargs": NO_OPTIONS,
+        **_COMMON_FIELDS, "function": None, "executable": None, "args": (), "kwargs": _NO_OPTIONS,
         "arguments": (), "timeout": None,
     }
 
@@ -432,4 +429,4 @@ class AITask(Task):
         if task_backend_specific_kwargs is not None:
             self["task_backend_specific_kwargs"] = _check_backend_kwargs(
                 "AITask", task_backend_specific_kwargs)
-        object.__setattr__(self, "_future", None)
+        _set_slot(self, "_future", None)
