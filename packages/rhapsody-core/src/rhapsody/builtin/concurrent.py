@@ -153,7 +153,7 @@ class ConcurrentBackend(BaseBackend):
             try:
                 self._executor.submit(self._run_chunk_in_thread, chunk)
             except RuntimeError as exc:  # the pool was shut down by its owner
-                self._refused(chunk, exc)
+                self._fail_chunk(chunk, exc)
             return
         if payload is None:
             payload = _pickle_chunk(chunk)
@@ -162,7 +162,7 @@ class ConcurrentBackend(BaseBackend):
         except RuntimeError as exc:
             # BrokenProcessPool (a worker died, possibly while this very call was submitting)
             # or a pool shut down by its owner: the chunk's tasks fail, the call goes on.
-            self._refused(chunk, exc)
+            self._fail_chunk(chunk, exc)
             return
         future.rhapsody_chunk = chunk  # type: ignore[attr-defined]
         for task in chunk:
@@ -170,12 +170,13 @@ class ConcurrentBackend(BaseBackend):
         # Added last, so a chunk that already finished still releases its tasks (callback runs now).
         future.add_done_callback(self._process_chunk_done)
 
-    def _refused(self, chunk: list[Task], error: BaseException) -> None:
+    def _fail_chunk(self, chunk: list[Task], error: BaseException) -> None:
+        # The pool refused the chunk or broke under it: each of its tasks fails with that error.
         release = self._queued.pop
         for task in chunk:
             release(task["uid"], None)
             task["exception"] = error
-        self.report([(task, _FAILED) for task in chunk])
+        self.report_all(chunk, _FAILED)
 
     # -- functions: threads ------------------------------------------------------------------
 
@@ -206,7 +207,7 @@ class ConcurrentBackend(BaseBackend):
         error = future.exception()
         if error is not None:
             # The pool broke or the chunk could not be unpickled: every task of it failed.
-            self._refused(chunk, error)
+            self._fail_chunk(chunk, error)
             return
         release = self._queued.pop
         for task in chunk:
