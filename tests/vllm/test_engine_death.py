@@ -46,4 +46,12 @@ async def test_killed_server_fails_in_flight_tasks(tiny_model: Path) -> None:
         assert late.state == "FAILED"
         assert isinstance(late.exception, EngineDiedError)
         assert "exited with status -9" in str(late.exception)
+        # A request the death watch cuts off before its first step (the watch cancels what is
+        # in flight) fails with the reason too; only the program's cancel makes a task CANCELED.
+        cut = AITask("y", max_tokens=2)
+        await session.submit_tasks([cut])
+        backend._running[cut.uid].cancel()
+        await session.wait_tasks([cut], timeout=10)
+        assert cut.state == "FAILED"
+        assert isinstance(cut.exception, EngineDiedError)
     assert group_members(server.pid) == []

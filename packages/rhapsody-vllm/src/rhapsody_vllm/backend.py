@@ -347,10 +347,12 @@ class VLLMBackend(BaseBackend):
             f"the vLLM server this backend started (pid {service.server.pid}) exited with status "
             f"{status}; {service.server.log_tail()}"
         )
-        # Engine-core and worker processes may outlive the API server; take the group down.
-        await service.server.stop(grace=0.0)
+        # Fail what is in flight now, not after the group is down: a request sent from here on
+        # fails at its first step on `death`, so none can slip in between.
         for running in list(service.inflight):
             running.cancel()
+        # Engine-core and worker processes may outlive the API server; take the group down.
+        await service.server.stop(grace=0.0)
 
     async def _shutdown(self) -> None:
         """Cancel requests in flight (their tasks end CANCELED), stop the owned server's group."""
@@ -396,9 +398,9 @@ class VLLMBackend(BaseBackend):
         # A request cancelled before its first step never ran _run, so nothing reported it.
         if request.cancelled():
             self._running.pop(task["uid"], None)
-            self._cancel_requested.discard(task["uid"])
             service.inflight.discard(request)
-            self._finish(task, "CANCELED")
+            self._finish_cancelled(task, service)
+            self._cancel_requested.discard(task["uid"])
 
     async def _plan(self, task: Task) -> tuple[Task, _Service, str, list[dict[str, Any]], float | None]:
         uid = task["uid"]
@@ -489,11 +491,7 @@ class VLLMBackend(BaseBackend):
             answer = await (requests if timeout is None else asyncio.wait_for(requests, timeout))
             _fill(task, service, path, [answer] if len(payloads) == 1 else answer)
         except asyncio.CancelledError:
-            if service.death is not None and uid not in self._cancel_requested:
-                task["exception"] = EngineDiedError(uid, service.base_url, None, service.death)
-                self._finish(task, "FAILED")
-            else:
-                self._finish(task, "CANCELED")
+            self._finish_cancelled(task, service)
         except asyncio.TimeoutError:
             task["exception"] = TimeoutError(
                 f"task {uid}: {service.base_url}{path} gave no answer within {timeout} s"
@@ -533,6 +531,16 @@ class VLLMBackend(BaseBackend):
             why = service.death or f"the vLLM server exited with status {server.exited.result()}"  # type: ignore[union-attr]
             return EngineDiedError(uid, service.base_url, None, f"{why} ({detail})")
         return InferenceError(uid, service.base_url, None, f"connection lost: {detail}")
+
+    def _finish_cancelled(self, task: Task, service: _Service) -> None:
+        # Only the program's cancel (or close) makes a task CANCELED; a request cut short
+        # because its server died fails with the reason.
+        uid = task["uid"]
+        if service.death is not None and uid not in self._cancel_requested:
+            task["exception"] = EngineDiedError(uid, service.base_url, None, service.death)
+            self._finish(task, "FAILED")
+        else:
+            self._finish(task, "CANCELED")
 
     def _finish(self, task: Task, state: str) -> None:
         # Requests that complete in the same loop iteration reach the session as one batch.
