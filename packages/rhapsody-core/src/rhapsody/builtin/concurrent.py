@@ -183,6 +183,7 @@ class ConcurrentBackend(BaseBackend):
     def _run_chunk_in_thread(self, chunk: list[Task]) -> None:
         claim = self._queued.pop
         report = self.report
+        value: Any = None
         for task in chunk:
             # Whoever pops the uid first owns the task: this thread (it runs) or cancel_task.
             if claim(task["uid"], None) is None:
@@ -197,6 +198,10 @@ class ConcurrentBackend(BaseBackend):
             else:
                 task["return_value"] = value
                 report([(task, _DONE)])
+        # A failed task's traceback keeps this frame (each frame keeps its caller's), so a
+        # program that keeps the failure would keep what is left here: the rest of the chunk.
+        chunk.clear()
+        del task, value
 
     # -- functions: processes ----------------------------------------------------------------
 
