@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import pathlib
 import sys
 import threading
-import time
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
+from kept_tasks import TrackedTask, still_alive
 
 from rhapsody import ComputeTask, Session, get_backend
 from rhapsody.builtin.concurrent import ConcurrentBackend, _chunk_size
@@ -206,26 +205,17 @@ async def test_sys_exit_in_a_thread_task_fails_only_that_task() -> None:
     assert tasks[1].return_value == 2
 
 
-class WeakTask(ComputeTask):
-    """A ComputeTask that can be weakly referenced (ComputeTask has no __weakref__ slot)."""
-
-
 async def test_a_failed_thread_task_does_not_keep_its_chunk_alive() -> None:
     # A program keeps its failed tasks (to report them); their exceptions must not keep the
     # rest of their chunk, and its results, alive. One worker: the 16 tasks go in chunks of 4.
     async with Session(backends=[ConcurrentBackend(max_workers=1)]) as session:
-        failed = WeakTask(function=workloads.fail, args=("boom",))
-        mates = [WeakTask(function=workloads.square, args=(i,)) for i in range(15)]
+        failed = TrackedTask(function=workloads.fail, args=("boom",))
+        mates = [TrackedTask(function=workloads.square, args=(i,)) for i in range(15)]
         await session.submit_tasks([failed, *mates])
         await session.wait_tasks([failed, *mates], timeout=NO_HANG)
         refs = [weakref.ref(mate) for mate in mates]
         del mates
-        # The pool thread itself lets go of a chunk a moment after its last report.
-        deadline = time.monotonic() + NO_HANG
-        while any(ref() is not None for ref in refs) and time.monotonic() < deadline:
-            gc.collect()
-            await asyncio.sleep(0.01)
-        assert [ref() for ref in refs if ref() is not None] == []
+        assert await still_alive(refs) == []
         assert failed.exception.__traceback__ is not None  # kept whole, for the program
         with pytest.raises(workloads.KitError, match="boom"):
             await failed

@@ -12,6 +12,7 @@ import weakref
 import psutil
 import pytest
 from backends_for_tests import FailingShutdownBackend, RecordingBackend, StuckBackend, ThreadedBackend
+from kept_tasks import TrackedTask, still_alive
 
 import rhapsody
 from rhapsody import (
@@ -28,10 +29,6 @@ from rhapsody.testing import workloads
 
 # Generous bounds that only prove "no hang"; nothing here measures speed.
 NO_HANG = 60.0
-
-
-class TrackedTask(ComputeTask):
-    """A ComputeTask that can be weakly referenced (ComputeTask itself has no __weakref__ slot)."""
 
 
 def shell(script: str, **kwargs: object) -> ComputeTask:
@@ -586,20 +583,7 @@ async def test_nothing_is_kept_per_task_after_it_ends() -> None:
         assert backend._queued == {} and backend._drivers == {}
         refs = [weakref.ref(t) for t in tasks]
         del tasks
-        # A pool thread lets go of its chunk a moment after reporting the chunk's last task, so
-        # the check waits (bounded) for that; a task something keeps would stay past the bound.
         assert await still_alive(refs) == []
-
-
-async def still_alive(refs: list[weakref.ref[ComputeTask]], *, within: float = 5.0) -> list[str]:
-    """Collect until every referent is gone or ``within`` seconds passed; the uids still alive."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        gc.collect()
-        alive = [task["uid"] for task in (ref() for ref in refs) if task is not None]
-        if not alive or asyncio.get_running_loop().time() >= deadline:
-            return alive
-        await asyncio.sleep(0.01)
 
 
 # -- plugins seen by the session --------------------------------------------------------------
