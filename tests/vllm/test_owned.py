@@ -298,6 +298,7 @@ async def test_close_stops_the_whole_process_group(
     assert len(group_members(pgid)) >= 3  # API server, engine core, worker (at least)
     await session.close()
     assert group_members(pgid) == []
+    assert server._watcher is not None and server._watcher.done()  # nothing left on the loop
     async with httpx.AsyncClient() as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"{server.base_url}/models")

@@ -256,6 +256,13 @@ class OwnedServer:
             while group_members(proc.pid) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             _live_groups.discard(proc.pid)
+            # The exit watcher ends here too: the caller's loop may close right after this
+            # returns, and a task still pending on it would be destroyed mid-wait.
+            watcher = self._watcher
+            if watcher is not None and not watcher.done():
+                await asyncio.wait([watcher], timeout=1.0)
+                watcher.cancel()
+                await asyncio.wait([watcher])
         if self._log is not None:
             self._log.close()
             self._log = None
