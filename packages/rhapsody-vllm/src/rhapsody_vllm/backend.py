@@ -395,12 +395,14 @@ class VLLMBackend(BaseBackend):
             service.inflight.add(request)
 
     def _request_done(self, task: Task, service: _Service, request: asyncio.Task[None]) -> None:
-        # A request cancelled before its first step never ran _run, so nothing reported it.
+        # Every request ends here, run or not. One cancelled before its first step (or while
+        # _run was explaining a lost connection) has not reported its task: that happens here.
+        uid = task["uid"]
         if request.cancelled():
-            self._running.pop(task["uid"], None)
-            service.inflight.discard(request)
             self._finish_cancelled(task, service)
-            self._cancel_requested.discard(task["uid"])
+        self._running.pop(uid, None)
+        self._cancel_requested.discard(uid)
+        service.inflight.discard(request)
 
     async def _plan(self, task: Task) -> tuple[Task, _Service, str, list[dict[str, Any]], float | None]:
         uid = task["uid"]
@@ -505,11 +507,6 @@ class VLLMBackend(BaseBackend):
             self._finish(task, "FAILED")
         else:
             self._finish(task, "DONE")
-        finally:
-            self._running.pop(uid, None)
-            self._cancel_requested.discard(uid)
-            current = asyncio.current_task()
-            service.inflight.discard(current)  # type: ignore[arg-type]
 
     async def _post(self, uid: str, service: _Service, path: str, payload: dict[str, Any]) -> Any:
         assert self._client is not None
