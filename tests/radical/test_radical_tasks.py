@@ -6,7 +6,9 @@ All backends here attach to the one pilot of this module (``pilot=``) and must l
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,6 +191,25 @@ def test_cancel_function_task(session: Session, loop: asyncio.AbstractEventLoop)
     assert after.return_value == 25
 
 
+@pytest.mark.parametrize(("ending", "said"), [
+    ("exit", "exited with code 3"),
+    ("signal", "was killed by signal 9"),
+])
+def test_function_that_ends_its_process_fails_and_frees_the_worker(
+        session: Session, loop: asyncio.AbstractEventLoop, ending: str, said: str) -> None:
+    # Lambdas travel by value: the worker needs no test module to run them.
+    end = (lambda: os._exit(3)) if ending == "exit" else (lambda: os.kill(os.getpid(), signal.SIGKILL))
+    crashed = ComputeTask(function=end)
+    run(loop, finish(session, crashed))
+    assert crashed.state == "FAILED"
+    assert isinstance(crashed.exception, RuntimeError)
+    assert f"the process running the function {said} before the function returned" in str(crashed.exception)
+    # The worker's core was given back: the next call runs.
+    after = ComputeTask(function=workloads.square, args=(6,))
+    run(loop, finish(session, after))
+    assert (after.state, after.return_value) == ("DONE", 36)
+
+
 def test_functions_refused_without_raptor(rp_pilot: Any, loop: asyncio.AbstractEventLoop) -> None:
     async def body() -> None:
         async with Session(backends=[RadicalBackend(pilot=rp_pilot, raptor_workers=0)]) as plain:
@@ -202,6 +223,55 @@ def test_functions_refused_without_raptor(rp_pilot: Any, loop: asyncio.AbstractE
 
     run(loop, body())
     assert rp_pilot.state == rp.PMGR_ACTIVE
+
+
+class _FirstRaptorSilent(RadicalBackend):
+    """Gives the first Raptor no time to answer, as when its queue announcement goes astray."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.silent_masters: list[str] = []
+
+    def _raptor_probe_timeout(self, attempt: int) -> float:
+        if attempt == 0:
+            self.silent_masters.append(self._raptor.uid)
+            return 0.0
+        return super()._raptor_probe_timeout(attempt)
+
+
+def test_silent_raptor_is_replaced_at_start(rp_pilot: Any, loop: asyncio.AbstractEventLoop) -> None:
+    backend = _FirstRaptorSilent(pilot=rp_pilot)
+
+    async def body() -> None:
+        async with Session(backends=[backend]) as replaced:
+            [silent] = backend.silent_masters
+            [old] = backend._tmgr.get_tasks([silent])
+            assert old.state == rp.CANCELED
+            task = ComputeTask(function=workloads.square, args=(7,))
+            await finish(replaced, task)
+            assert (task.state, task.return_value) == ("DONE", 49)
+            assert backend._raptor.uid != silent
+
+    run(loop, body())
+    assert rp_pilot.state == rp.PMGR_ACTIVE
+
+
+def test_raptor_that_never_answers_fails_start_up(rp_pilot: Any, loop: asyncio.AbstractEventLoop) -> None:
+    backend = RadicalBackend(pilot=rp_pilot, raptor_startup_timeout=0.001)
+    with pytest.raises(RuntimeError) as caught:
+        run(loop, backend._ensure_initialized())
+    message = str(caught.value)
+    assert "Raptor did not run its probe call in any of 2 attempts" in message
+    assert "attempt 1: " in message and "attempt 2: " in message
+    assert "raptor_startup_timeout" in message and "raptor_workers=0" in message
+    # The pilot is not the backend's: it keeps running, free for the next backend.
+    assert rp_pilot.state == rp.PMGR_ACTIVE
+
+
+@pytest.mark.parametrize("value", [0, -1.0, "60", True])
+def test_bad_raptor_startup_timeout_is_refused(value: Any) -> None:
+    with pytest.raises(ValueError, match="raptor_startup_timeout must be > 0"):
+        RadicalBackend(raptor_startup_timeout=value)
 
 
 # -- state hand-over ---------------------------------------------------------------------------

@@ -63,6 +63,8 @@ _ALIASES = {"cwd": "sandbox", "env": "environment"}
 _FUNCTION_KEYS = frozenset({"env", "environment", "priority", "metadata", "tags"})
 # How long shutdown lets RP report the cancellation of tasks still running.
 _CANCEL_GRACE = 15.0
+# Raptor is started this many times at most when it does not answer its probe call.
+_RAPTOR_ATTEMPTS = 2
 
 
 class RadicalBackend(BaseBackend):
@@ -86,6 +88,8 @@ class RadicalBackend(BaseBackend):
         raptor_workers: Raptor workers started for function tasks (0: no Raptor; function
             tasks are then refused at submit).
         raptor_cores_per_worker: cores of each Raptor worker.
+        raptor_startup_timeout: seconds initialisation waits for Raptor to run a first (probe)
+            call. A Raptor that has not answered by then is cancelled and started once more.
         startup_timeout: seconds initialisation waits for the pilot to become active
             (``None``: no limit, for pilots that wait in a batch queue).
         session_dir: where RP writes the client-side session directory (default: the current
@@ -120,6 +124,7 @@ class RadicalBackend(BaseBackend):
         pilot: Any = None,
         raptor_workers: int = 1,
         raptor_cores_per_worker: int = 1,
+        raptor_startup_timeout: float = 120.0,
         startup_timeout: float | None = 300.0,
         session_dir: str | None = None,
         cleanup: bool = False,
@@ -146,6 +151,10 @@ class RadicalBackend(BaseBackend):
                              ("raptor_cores_per_worker", raptor_cores_per_worker)):
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise ValueError(f"radical backend: {label} must be an integer >= 0, got {count!r}")
+        if isinstance(raptor_startup_timeout, bool) or not isinstance(
+                raptor_startup_timeout, (int, float)) or not raptor_startup_timeout > 0:
+            raise ValueError(
+                f"radical backend: raptor_startup_timeout must be > 0, got {raptor_startup_timeout!r}")
         if startup_timeout is not None and not startup_timeout > 0:
             raise ValueError(f"radical backend: startup_timeout must be > 0 or None, got {startup_timeout!r}")
         self._pilot_options = pilot_options
@@ -154,6 +163,7 @@ class RadicalBackend(BaseBackend):
         self._given_pilot = pilot
         self._raptor_workers = raptor_workers
         self._raptor_cores = max(1, raptor_cores_per_worker)
+        self._raptor_startup_timeout = float(raptor_startup_timeout)
         self._startup_timeout = startup_timeout
         self._session_dir = session_dir
         self._cleanup = cleanup
@@ -168,6 +178,7 @@ class RadicalBackend(BaseBackend):
         self._owns_pilot = False
         self._raptor: Any = None
         self._raptor_uids: set[str] = set()
+        self._raptor_parts: list[Any] = []
         self._raptor_failure: str | None = None
         self._pilot_failure: str | None = None
         self._td_schema: frozenset[str] = frozenset()
@@ -207,8 +218,9 @@ class RadicalBackend(BaseBackend):
 
         Raises:
             ImportError: radical.pilot is not installed.
-            RuntimeError: RP's helper programs cannot be found, or the pilot ended during
-                start-up (the message carries RP's reason: pilot log and sandbox error files).
+            RuntimeError: RP's helper programs cannot be found, the pilot ended during start-up
+                (the message carries RP's reason: pilot log and sandbox error files), or Raptor
+                could not run its probe call (it failed, ended, or stayed silent twice).
             TimeoutError: the pilot was not active within ``startup_timeout`` seconds.
             ValueError, TypeError: a bad pilot description.
         """
@@ -225,8 +237,11 @@ class RadicalBackend(BaseBackend):
             reserved = 1 + self._raptor_workers * self._raptor_cores if self._raptor_workers else 0
             self._size = PilotSize(self._pilot.resource_details or {}, reserved)
             if self._raptor_workers:
-                await asyncio.to_thread(self._start_raptor)
+                await self._start_answering_raptor()
         except BaseException:
+            if self._raptor_uids:
+                # A given pilot outlives this backend: its Raptor must not.
+                await asyncio.to_thread(self._stop_raptor)
             await asyncio.to_thread(self._teardown)
             raise
 
@@ -295,6 +310,78 @@ class RadicalBackend(BaseBackend):
             await asyncio.sleep(0.05)
         log.info("pilot %s active after %.1f s", pilot.uid, time.monotonic() - started)
 
+    async def _start_answering_raptor(self) -> None:
+        # Function tasks go to the Raptor master through a queue the master announces once;
+        # RP reports no error when that announcement, or the worker's first call, goes astray:
+        # the calls would wait forever. A probe call proves the whole path before any user task
+        # relies on it, and a silent Raptor is replaced instead of trusted.
+        silent: list[str] = []
+        for attempt in range(_RAPTOR_ATTEMPTS):
+            started = time.monotonic()
+            await asyncio.to_thread(self._start_raptor)
+            probe = await asyncio.to_thread(self._submit_probe)
+            bound = self._raptor_probe_timeout(attempt)
+            deadline = started + bound
+            while (probe.state not in self._rp.FINAL and self._raptor_failure is None
+                   and self._pilot_failure is None and time.monotonic() < deadline):
+                await asyncio.sleep(0.05)
+            if self._pilot_failure is not None:
+                raise RuntimeError(f"radical backend: the pilot ended while Raptor started.\n{self._pilot_failure}")
+            if self._raptor_failure is not None:
+                raise RuntimeError(f"radical backend: {self._raptor_failure}")
+            if probe.state in self._rp.FINAL:
+                self._check_probe(probe)
+                log.info("Raptor %s answered after %.1f s", self._raptor.uid, time.monotonic() - started)
+                return
+            silent.append(f"attempt {attempt + 1}: {self._raptor_states()} after {bound} s")
+            log.warning("radical backend: Raptor did not answer its probe call (%s); "
+                        "cancelling it", silent[-1])
+            await asyncio.to_thread(self._stop_raptor, probe.uid)
+        raise RuntimeError(
+            "radical backend: Raptor did not run its probe call in any of "
+            f"{_RAPTOR_ATTEMPTS} attempts ({'; '.join(silent)}). Raise raptor_startup_timeout "
+            "when Raptor needs longer to start here, or pass raptor_workers=0 to run "
+            "executables only.")
+
+    def _raptor_probe_timeout(self, attempt: int) -> float:
+        return self._raptor_startup_timeout
+
+    def _submit_probe(self) -> Any:
+        rp = self._rp
+        packed = functions.pack_call(divmod, (47, 5), {})
+        return self._tmgr.submit_tasks(rp.TaskDescription({
+            "mode": rp.TASK_FUNCTION, "name": "rhapsody-raptor-probe",
+            "function": rp.PythonTask(functions.run_packed, (packed,), {}),
+            "raptor_id": self._raptor.uid,
+        }))
+
+    def _check_probe(self, probe: Any) -> None:
+        if probe.state == "DONE":
+            try:
+                ok, value = functions.unpack_outcome(probe.return_value)
+            except Exception as exc:  # noqa: BLE001 - reported below with what came back
+                ok, value = False, exc
+            if ok and value == (9, 2):
+                return
+            reason = f"it returned {value!r} instead of (9, 2)"
+        else:
+            reason = f"it ended {probe.state}: {_rp_reason(probe)}"
+            if probe.stderr:
+                reason += f"\nstderr:\n{probe.stderr.strip()[-2000:]}"
+        raise RuntimeError(f"radical backend: Raptor could not run its probe call: {reason}")
+
+    def _raptor_states(self) -> str:
+        return ", ".join(f"{part.uid} {part.state}" for part in self._raptor_parts)
+
+    def _stop_raptor(self, *also: str) -> None:
+        # Forgotten first: their cancellation is no Raptor failure.
+        uids = [*also, *sorted(self._raptor_uids)]
+        self._raptor_uids = set()
+        self._raptor = None
+        self._raptor_parts = []
+        self._tmgr.cancel_tasks(uids)
+        self._tmgr.wait_tasks(uids=uids, timeout=_CANCEL_GRACE)
+
     def _start_raptor(self) -> None:
         rp = self._rp
         master = self._tmgr.submit_raptors(
@@ -315,6 +402,7 @@ class RadicalBackend(BaseBackend):
             rp.TaskDescription(dict(worker)) for _ in range(self._raptor_workers)
         ])
         self._raptor = master
+        self._raptor_parts = [master, *workers]
         self._raptor_uids = {master.uid, *(w.uid for w in workers)}
         # A master or worker that ended before the uids were known is caught here.
         for item in (master, *workers):
