@@ -301,9 +301,7 @@ class RadicalBackend(BaseBackend):
                 )
             await asyncio.sleep(0.1)
         if pilot.state != rp.PMGR_ACTIVE:
-            # RP writes the sandbox files a moment after it publishes the final state.
-            await asyncio.sleep(0.5)
-            raise RuntimeError(f"radical backend: the pilot failed to start.\n{failure_reason(pilot)}")
+            raise RuntimeError(f"radical backend: the pilot failed to start.\n{await self._settled_reason()}")
         # The pilot's size comes with (or just after) the state update that made it active.
         settle = time.monotonic() + 5.0
         while not pilot.resource_details and time.monotonic() < settle:
@@ -381,6 +379,22 @@ class RadicalBackend(BaseBackend):
         self._raptor_parts = []
         self._tmgr.cancel_tasks(uids)
         self._tmgr.wait_tasks(uids=uids, timeout=_CANCEL_GRACE)
+
+    async def _settled_reason(self) -> str:
+        # RP writes its account (the launcher's log, the sandbox's error files) a moment after it
+        # publishes the final state, later still on a loaded machine: read it again until the
+        # launcher's error is there or nothing has changed for a second (5 s at most).
+        reason = failure_reason(self._pilot)
+        changed = time.monotonic()
+        give_up = changed + 5.0
+        while "pilot launcher:" not in reason and time.monotonic() < give_up:
+            await asyncio.sleep(0.25)
+            again = failure_reason(self._pilot)
+            if again != reason:
+                reason, changed = again, time.monotonic()
+            elif time.monotonic() - changed >= 1.0:
+                break
+        return reason
 
     def _start_raptor(self) -> None:
         rp = self._rp
