@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -264,6 +265,9 @@ def test_raptor_that_never_answers_fails_start_up(rp_pilot: Any, loop: asyncio.A
     assert "Raptor did not run its probe call in any of 2 attempts" in message
     assert "attempt 1: " in message and "attempt 2: " in message
     assert "raptor_startup_timeout" in message and "raptor_workers=0" in message
+    # Where to look next: the sandboxes of the last attempt's master and worker.
+    parts = re.findall(r"^(raptor\.[\d.]+) sandbox: ", message, re.MULTILINE)
+    assert len(parts) == 2 and parts[1].startswith(parts[0] + "."), message
     # The pilot is not the backend's: it keeps running, free for the next backend.
     assert rp_pilot.state == rp.PMGR_ACTIVE
 

@@ -33,6 +33,7 @@ from .pilot import (
     local_path,
     pilot_description,
     remove_tree,
+    task_files,
     verified,
     wait_for_session_processes,
 )
@@ -314,6 +315,7 @@ class RadicalBackend(BaseBackend):
         # the calls would wait forever. A probe call proves the whole path before any user task
         # relies on it, and a silent Raptor is replaced instead of trusted.
         silent: list[str] = []
+        files = ""
         for attempt in range(_RAPTOR_ATTEMPTS):
             started = time.monotonic()
             await asyncio.to_thread(self._start_raptor)
@@ -332,6 +334,7 @@ class RadicalBackend(BaseBackend):
                 log.info("Raptor %s answered after %.1f s", self._raptor.uid, time.monotonic() - started)
                 return
             silent.append(f"attempt {attempt + 1}: {self._raptor_states()} after {bound} s")
+            files = "\n".join(task_files(part) for part in self._raptor_parts)
             log.warning("radical backend: Raptor did not answer its probe call (%s); "
                         "cancelling it", silent[-1])
             await asyncio.to_thread(self._stop_raptor, probe.uid)
@@ -339,7 +342,7 @@ class RadicalBackend(BaseBackend):
             "radical backend: Raptor did not run its probe call in any of "
             f"{_RAPTOR_ATTEMPTS} attempts ({'; '.join(silent)}). Raise raptor_startup_timeout "
             "when Raptor needs longer to start here, or pass raptor_workers=0 to run "
-            "executables only.")
+            f"executables only. The last attempt's master and workers:\n{files}")
 
     def _raptor_probe_timeout(self, attempt: int) -> float:
         return self._raptor_startup_timeout

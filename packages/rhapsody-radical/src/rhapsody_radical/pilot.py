@@ -188,6 +188,19 @@ def failure_reason(pilot: Any) -> str:
     return "\n".join(parts)
 
 
+def task_files(rp_task: Any) -> str:
+    """Where an RP task runs, and (on this host) the tail of what it wrote to stderr and stdout."""
+    sandbox = local_path(rp_task.sandbox)
+    if sandbox is None:
+        return f"{rp_task.uid} sandbox: {rp_task.sandbox or 'not assigned yet'}"
+    parts = [f"{rp_task.uid} sandbox: {sandbox}"]
+    for stream in ("err", "out"):
+        tail = _tail(sandbox / f"{rp_task.uid}.{stream}")
+        if tail:
+            parts.append(f"{rp_task.uid}.{stream}:\n{tail}")
+    return "\n".join(parts)
+
+
 def session_processes(session_id: str, pilot_id: str | None = None) -> list[int]:
     """Live processes of an RP session (or of one of its pilots) on this host.
 
