@@ -177,9 +177,7 @@ class RadicalBackend(BaseBackend):
         self._tmgr: Any = None
         self._owns_session = False
         self._owns_pilot = False
-        self._raptor: Any = None
-        self._raptor_uids: set[str] = set()
-        self._raptor_parts: list[Any] = []
+        self._raptor_parts: list[Any] = []  # the Raptor master's rp.Task, then its workers'
         self._raptor_failure: str | None = None
         self._pilot_failure: str | None = None
         self._td_schema: frozenset[str] = frozenset()
@@ -201,6 +199,14 @@ class RadicalBackend(BaseBackend):
     def check_available(cls) -> None:
         """Raise ``radical.pilot``'s own ``ImportError`` when it is not installed."""
         importlib.import_module("radical.pilot")
+
+    @property
+    def _raptor(self) -> Any:
+        return self._raptor_parts[0] if self._raptor_parts else None
+
+    @property
+    def _raptor_uids(self) -> list[str]:
+        return [part.uid for part in self._raptor_parts]
 
     @property
     def pilot(self) -> Any:
@@ -240,7 +246,7 @@ class RadicalBackend(BaseBackend):
             if self._raptor_workers:
                 await self._start_answering_raptor()
         except BaseException:
-            if self._raptor_uids:
+            if self._raptor_parts:
                 # A given pilot outlives this backend: its Raptor must not.
                 await asyncio.to_thread(self._stop_raptor)
             await asyncio.to_thread(self._teardown)
@@ -345,6 +351,7 @@ class RadicalBackend(BaseBackend):
             f"executables only. The last attempt's master and workers:\n{files}")
 
     def _raptor_probe_timeout(self, attempt: int) -> float:
+        # One bound for every attempt; a test subclass shortens the first to stand for a lost one.
         return self._raptor_startup_timeout
 
     def _submit_probe(self) -> Any:
@@ -366,9 +373,7 @@ class RadicalBackend(BaseBackend):
                 return
             reason = f"it returned {value!r} instead of (9, 2)"
         else:
-            reason = f"it ended {probe.state}: {_rp_reason(probe)}"
-            if probe.stderr:
-                reason += f"\nstderr:\n{probe.stderr.strip()[-2000:]}"
+            reason = f"it ended {probe.state}: {_rp_reason(probe)}{_stderr_tail(probe)}"
         raise RuntimeError(f"radical backend: Raptor could not run its probe call: {reason}")
 
     def _raptor_states(self) -> str:
@@ -376,9 +381,7 @@ class RadicalBackend(BaseBackend):
 
     def _stop_raptor(self, *also: str) -> None:
         # Forgotten first: their cancellation is no Raptor failure.
-        uids = [*also, *sorted(self._raptor_uids)]
-        self._raptor_uids = set()
-        self._raptor = None
+        uids = [*also, *self._raptor_uids]
         self._raptor_parts = []
         self._tmgr.cancel_tasks(uids)
         self._tmgr.wait_tasks(uids=uids, timeout=_CANCEL_GRACE)
@@ -418,9 +421,7 @@ class RadicalBackend(BaseBackend):
         workers = master.submit_workers([
             rp.TaskDescription(dict(worker)) for _ in range(self._raptor_workers)
         ])
-        self._raptor = master
         self._raptor_parts = [master, *workers]
-        self._raptor_uids = {master.uid, *(w.uid for w in workers)}
         # A master or worker that ended before the uids were known is caught here.
         for item in (master, *workers):
             if item.state in rp.FINAL:
@@ -568,7 +569,7 @@ class RadicalBackend(BaseBackend):
         uid = rp_task.uid
         task = self._tasks.get(uid)
         if task is None:
-            if uid in self._raptor_uids and state in self._rp.FINAL:
+            if state in self._rp.FINAL and uid in self._raptor_uids:
                 self._raptor_ended(rp_task)
             return
         if state == "AGENT_EXECUTING":
@@ -643,8 +644,7 @@ class RadicalBackend(BaseBackend):
         if self._closing or self._raptor_failure is not None:
             return
         self._raptor_failure = (
-            f"Raptor {rp_task.uid} ended {rp_task.state}: {_rp_reason(rp_task)}"
-            + (f"\nstderr:\n{rp_task.stderr.strip()[-2000:]}" if rp_task.stderr else ""))
+            f"Raptor {rp_task.uid} ended {rp_task.state}: {_rp_reason(rp_task)}{_stderr_tail(rp_task)}")
         log.error("radical backend: %s", self._raptor_failure)
         self._fail_all(lambda task: task["function"] is not None, self._raptor_failure)
 
@@ -716,9 +716,9 @@ class RadicalBackend(BaseBackend):
             left = list(self._tasks)
             self._cancelled.update(left)
         self._closing = True  # the pilot or Raptor ending from here on is no failure
-        if self._tmgr is not None and (left or self._raptor_uids):
+        if self._tmgr is not None and (left or self._raptor_parts):
             # The Raptor master and workers are tasks this backend started in the pilot.
-            self._tmgr.cancel_tasks(left + sorted(self._raptor_uids))
+            self._tmgr.cancel_tasks(left + self._raptor_uids)
             deadline = time.monotonic() + _CANCEL_GRACE
             while self._tasks and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -791,6 +791,10 @@ def _rp_reason(rp_task: Any) -> str:
     last = detail.splitlines()[-1] if detail else ""
     message = last.split(": ", 1)[-1]
     return f"{exception} ({last})" if last and message not in exception else exception
+
+
+def _stderr_tail(rp_task: Any) -> str:
+    return f"\nstderr:\n{rp_task.stderr.strip()[-2000:]}" if rp_task.stderr else ""
 
 
 def _is_async(function: Any) -> bool:

@@ -56,12 +56,13 @@ class RhapsodyWorker(rp.raptor.DefaultWorker):  # type: ignore[misc]
         try:
             outcome = receiver.recv()
         except EOFError:
-            call.join()
+            outcome = None
+        call.join()
+        if outcome is None:
             code = call.exitcode
             how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
             message = f"the process running the function {how} before the function returned"
             outcome = (None, message, 1, None, [f"RuntimeError({message!r})", None])
-        call.join()
         self._result_queue.put([task, *outcome])
         self._result_queue.close()
         self._result_queue.join_thread()
