@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from .backend import BaseBackend
-from .errors import BackendUnavailableError, SessionClosedError, TaskExecutionError
+from .errors import BackendUnavailableError, SessionClosedError, TaskExecutionError, WorkerLostError
 from .hookspecs import hookimpl
 from .plugins import BackendInfo, discover_backends, get_backend, register_plugin, unregister_plugin
 from .session import Session
@@ -37,4 +37,5 @@ __all__ = [
     "hookimpl",
     "register_plugin",
     "unregister_plugin",
+    "WorkerLostError",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class TaskExecutionError(Exception):
     """An executable task ended with a non-zero exit status (or a backend could not run it).
@@ -25,6 +27,43 @@ class TaskExecutionError(Exception):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.uid, self.stderr, self.exit_code))
+
+
+class WorkerLostError(RuntimeError):
+    """The worker (process, Dask worker, Dragon process) running a task died before the task ended.
+
+    It is not the task's own exception: the task may have been healthy and its worker killed from
+    outside, or the task itself may have ended its process (``os._exit``, a signal, a crash in C
+    code). A session runs such a task again up to its ``retries`` before it ends ``FAILED`` with
+    this error.
+
+    Attributes:
+        uid: the task's uid.
+        worker: what died, as the backend names it (``"process 4242"``, a Dask worker address),
+            or ``None`` when unknown.
+        exit_code: the worker's exit status where known; negative for a signal (``-9``: SIGKILL),
+            as :mod:`subprocess` reports it.
+    """
+
+    def __init__(self, uid: str, worker: str | None = None, exit_code: int | None = None) -> None:
+        self.uid = uid
+        self.worker = worker
+        self.exit_code = exit_code
+        who = f"its worker ({worker})" if worker else "its worker"
+        if exit_code is None:
+            how = "died or was killed"
+        elif exit_code < 0:
+            how = f"was killed by signal {-exit_code}"
+            try:
+                how += f" ({signal.Signals(-exit_code).name})"
+            except ValueError:
+                pass
+        else:
+            how = f"exited with code {exit_code}"
+        super().__init__(f"task {uid}: {who} {how} before the task ended")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.uid, self.worker, self.exit_code))
 
 
 class BackendUnavailableError(RuntimeError):

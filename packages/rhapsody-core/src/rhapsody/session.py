@@ -16,7 +16,7 @@ from typing import Any
 
 from . import plugins
 from .backend import BaseBackend, Update
-from .errors import SessionClosedError, TaskExecutionError
+from .errors import SessionClosedError, TaskExecutionError, WorkerLostError
 from .plugins import get_backend, hook_if_implemented
 from .states import TERMINAL_STATES, TaskState
 from .task import ComputeTask, Task
@@ -96,6 +96,9 @@ class Session:
             runs_functions if runs_functions is self._by_kind.get("executable") else None
         )
         self._inflight: dict[str, Task] = {}
+        # Failed tasks that run again (see _take_for_retry), by backend, until resubmitted.
+        self._retrying: dict[BaseBackend, list[Task]] = {}
+        self._retry_jobs: set[asyncio.Task[None]] = set()
         self._close_timeout = close_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._future_factory: Callable[[], asyncio.Future[Task]] = _not_started
@@ -196,11 +199,13 @@ class Session:
                 been submitted (except, with several backends, tasks already handed to a backend
                 before the one that refused: they run), and the session keeps working.
             SessionClosedError: the session has been closed.
+            RuntimeError: called from an event loop other than the one the session started on.
         """
         if not self._started:
             await self.start()
         if self._closed:
             raise SessionClosedError("cannot submit to a closed session")
+        self._check_loop()
         tasks = tasks if isinstance(tasks, list) else list(tasks)
         if self._hook_generation != plugins.generation:
             self._refresh_hooks()
@@ -322,6 +327,8 @@ class Session:
                     if task["state"] not in TERMINAL_STATES:
                         task["state"] = new
                     continue
+                if new == _FAILED and _wants_retry(task) and self._take_for_retry(task):
+                    continue
                 # A late report for a task that already ended (e.g. cancelled on close) is ignored.
                 if inflight_pop(task["uid"], None) is None:
                     continue
@@ -346,6 +353,50 @@ class Session:
             if changed:
                 self._notify(tasks=changed)
 
+    # -- retries -----------------------------------------------------------------------------
+
+    def _take_for_retry(self, task: Task) -> bool:
+        """Queue a failed task to run again on its backend; False leaves the failure final."""
+        if self._closed or self._inflight.get(task["uid"]) is not task:
+            return False
+        task["retried"] = task["retried"] + 1
+        for field in _RESULT_FIELDS:
+            dict.pop(task, field, None)
+        task["state"] = TaskState.SUBMITTED
+        backend = self._backends[task["backend"]]
+        waiting = self._retrying.get(backend)
+        if waiting is None:
+            # One resubmission per backend for everything that fails in this turn of the loop.
+            self._retrying[backend] = [task]
+            job = self._loop.create_task(self._resubmit(backend))  # type: ignore[union-attr]
+            self._retry_jobs.add(job)
+            job.add_done_callback(self._retry_jobs.discard)
+        else:
+            waiting.append(task)
+        return True
+
+    async def _resubmit(self, backend: BaseBackend) -> None:
+        tasks = self._retrying.pop(backend, [])
+        # A task cancelled (or abandoned on close) while it waited here has already ended.
+        tasks = [task for task in tasks if self._inflight.get(task["uid"]) is task]
+        if not tasks:
+            return
+        self._submitting += 1
+        try:
+            await backend.submit_tasks(tasks)
+        except Exception as exc:
+            for task in tasks:
+                error = RuntimeError(
+                    f"task {task['uid']}: running it again (retry {task['retried']} of "
+                    f"{task['retries']}) failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                task["exception"] = error
+                task["retries"] = task["retried"]  # this failure is final
+            self._held.append((tasks, _FAILED))
+        finally:
+            self._submitting -= 1
+            self._release_held()
+
     # -- wait and cancel ---------------------------------------------------------------------
 
     async def wait_tasks(self, tasks: Iterable[Task], timeout: float | None = None) -> list[Task]:
@@ -359,6 +410,7 @@ class Session:
                 many did); the tasks keep running.
             ValueError: a task was never submitted.
         """
+        self._check_loop()
         tasks = tasks if isinstance(tasks, list) else list(tasks)
         futures = []
         for task in tasks:
@@ -390,7 +442,9 @@ class Session:
 
         Raises:
             KeyError: no task with that uid is running in this session.
+            RuntimeError: called from an event loop other than the session's.
         """
+        self._check_loop()
         if isinstance(task, str):
             found = self._inflight.get(task)
             if found is None:
@@ -399,6 +453,12 @@ class Session:
         elif task["uid"] not in self._inflight:
             return task["state"] == _CANCELED
         backend = self._backends[task["backend"]]
+        waiting = self._retrying.get(backend)
+        if waiting is not None and task in waiting:
+            # Between a lost worker and its re-run: the backend does not hold it.
+            waiting.remove(task)
+            self._apply([task], _CANCELED)
+            return True
         if not await backend.cancel_task(task):
             return False
         future = task._future
@@ -406,6 +466,19 @@ class Session:
             # Backends report the cancellation themselves; give them a bounded moment.
             await asyncio.wait([future], timeout=grace)
         return task["state"] == _CANCELED
+
+    def _check_loop(self) -> None:
+        # A session's futures and its backends' wake-ups belong to the loop it started on; used
+        # from another loop (a second asyncio.run, another thread) they would never resolve.
+        loop = asyncio.get_running_loop()
+        if loop is self._loop or self._loop is None:
+            return
+        where = "which has been closed" if self._loop.is_closed() else "which is still running"
+        raise RuntimeError(
+            f"this session belongs to the event loop it was started on ({where}); it cannot be "
+            "used from another event loop. Create and use a Session inside one loop, e.g. "
+            "within a single asyncio.run(main())"
+        )
 
     async def close(self) -> None:
         """Cancel what still runs, close every backend (each within ``close_timeout``).
@@ -440,6 +513,22 @@ class Session:
                         f"task {task['uid']} was still running when its session closed"
                     )
             self._apply(left, _CANCELED)
+
+
+_RESULT_FIELDS = ("return_value", "exception", "stdout", "stderr", "exit_code")
+
+
+def _wants_retry(task: Task) -> bool:
+    """Whether a task that just failed may run again (its ``retries`` and ``retry_exceptions``)."""
+    if task.get("retried", 0) >= task.get("retries", 0):
+        return False
+    error = task["exception"]
+    if isinstance(error, WorkerLostError):
+        return True
+    policy = task.get("retry_exceptions", False)
+    if policy is True:
+        return True
+    return bool(policy) and isinstance(_failure_of(task), policy)
 
 
 def _pairs(items: Sequence[Any], state: str | None) -> Iterator[Update]:

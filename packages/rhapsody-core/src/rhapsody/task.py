@@ -194,6 +194,22 @@ def _check_backend_kwargs(owner: str, value: Any) -> dict[str, Any]:
 
 _NEW = TaskState.NEW
 
+DEFAULT_RETRIES = 3
+"""How many times a ComputeTask whose worker was lost runs again unless it says otherwise."""
+
+
+def _check_retries(retries: Any, retry_exceptions: Any) -> None:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"ComputeTask: retries must be an integer >= 0, got {retries!r}")
+    if isinstance(retry_exceptions, bool):
+        return
+    if not (isinstance(retry_exceptions, tuple) and retry_exceptions and all(
+            isinstance(kind, type) and issubclass(kind, BaseException) for kind in retry_exceptions)):
+        raise TypeError(
+            "ComputeTask: retry_exceptions must be True, False or a tuple of exception types, "
+            f"got {retry_exceptions!r}"
+        )
+
 # Fields every task kind has, with the value each reads as until set.
 _COMMON_FIELDS: dict[str, Any] = {
     "uid": None, "backend": None, "state": _NEW, "task_backend_specific_kwargs": _NO_OPTIONS,
@@ -215,6 +231,13 @@ class ComputeTask(Task):
             backend when omitted.
         timeout: seconds after which the task is stopped and ends ``FAILED`` with a
             ``TimeoutError`` (executables: their whole process group is killed).
+        retries: how many times the task is run again when its worker is lost
+            (:class:`rhapsody.WorkerLostError`: the process, Dask worker or Dragon process running
+            it died). Default 3, as Ray's ``max_retries``; 0 never re-runs it. ``task.retried``
+            counts the re-runs.
+        retry_exceptions: also run the task again, within the same ``retries``, when it fails
+            on its own: ``True`` for any failure (an exception, a non-zero exit, a timeout), or
+            a tuple of exception types. Default ``False``: a task's own failure is final.
         task_backend_specific_kwargs: options for the backend that runs the task
             (``cwd``, ``env``, ``shell``, ``resources``, ``process_template``, ...).
 
@@ -228,7 +251,8 @@ class ComputeTask(Task):
     __slots__ = ()
     _defaults: ClassVar[dict[str, Any]] = {
         **_COMMON_FIELDS, "function": None, "executable": None, "args": (), "kwargs": _NO_OPTIONS,
-        "arguments": (), "timeout": None,
+        "arguments": (), "timeout": None, "retries": DEFAULT_RETRIES, "retry_exceptions": False,
+        "retried": 0,
     }
 
     def __init__(
@@ -242,6 +266,8 @@ class ComputeTask(Task):
         uid: str | None = None,
         backend: str | None = None,
         timeout: float | None = None,
+        retries: int = DEFAULT_RETRIES,
+        retry_exceptions: bool | tuple[type[BaseException], ...] = False,
         task_backend_specific_kwargs: Mapping[str, Any] | None = None,
         **removed: Any,
     ) -> None:
@@ -249,6 +275,8 @@ class ComputeTask(Task):
             _reject_unknown(type(self), removed)
         if uid is not None or backend is not None:
             _check_names("ComputeTask", uid, backend)
+        if retries != DEFAULT_RETRIES or retry_exceptions is not False:
+            _check_retries(retries, retry_exceptions)
         if function is None:
             if executable is None:
                 raise ValueError("ComputeTask needs a function= or an executable=")
@@ -285,6 +313,17 @@ class ComputeTask(Task):
                     f"ComputeTask: args must be a tuple of arguments, not {type(args).__name__}; "
                     f"write args=({args!r},)"
                 )
+            if isinstance(args, Mapping):
+                # tuple({"x": 1}) would silently pass the keys as positional arguments
+                raise TypeError(
+                    "ComputeTask: args takes positional arguments, not a mapping; pass keyword "
+                    f"arguments as kwargs={dict(args)!r}"
+                )
+            if not isinstance(args, Iterable):
+                raise TypeError(
+                    f"ComputeTask: args must be a tuple of positional arguments, got "
+                    f"{type(args).__name__} {args!r}; write args=({args!r},)"
+                )
             if kwargs and not isinstance(kwargs, Mapping):
                 raise TypeError(f"ComputeTask: kwargs must be a dict, got {kwargs!r}")
             if arguments:
@@ -315,6 +354,10 @@ class ComputeTask(Task):
             self["arguments"] = arguments
         if timeout is not None:
             self["timeout"] = timeout
+        if retries != DEFAULT_RETRIES:
+            self["retries"] = retries
+        if retry_exceptions is not False:
+            self["retry_exceptions"] = retry_exceptions
         if task_backend_specific_kwargs is not None:
             self["task_backend_specific_kwargs"] = _check_backend_kwargs(
                 "ComputeTask", task_backend_specific_kwargs)
