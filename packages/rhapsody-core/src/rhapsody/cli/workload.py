@@ -11,6 +11,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import cloudpickle
 import yaml
 
 from ..session import Session
@@ -49,8 +50,12 @@ def _load_python(path: pathlib.Path) -> Workload:
     if spec is None or spec.loader is None:
         raise WorkloadError(f"{path}: cannot be imported")
     module = importlib.util.module_from_spec(spec)
-    # Registered so that process pools and pickling can find the workload's functions by name.
+    # Registered so that the module's own code (dataclasses, pickle by reference in this process)
+    # can find it by name.
     sys.modules[spec.name] = module
+    # The module name is made up, so no other process (a Dask worker, a process pool) can import
+    # it: cloudpickle must ship the workload's functions and classes by value, not by reference.
+    cloudpickle.register_pickle_by_value(module)
     sys.path.insert(0, str(path.parent.resolve()))
     spec.loader.exec_module(module)
     main = getattr(module, "main", None)
