@@ -53,7 +53,10 @@ def test_python_workload_exception_is_shown_with_exit_2(tmp_path: pathlib.Path) 
     workload.write_text("async def main(session):\n    raise RuntimeError('workflow bug here')\n")
     result = rhapsody("run", str(workload))
     assert result.returncode == 2
-    assert "workflow bug here" in result.stdout
+    assert "workflow bug here" in result.stderr
+    assert "Traceback" in result.stderr
+    assert "workflow bug here" not in result.stdout
+    assert "rhapsody run summary" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -74,22 +77,23 @@ def test_bad_workloads_are_clear_errors(tmp_path: pathlib.Path, name: str, conte
     path.write_text(content)
     result = rhapsody("run", str(path))
     assert result.returncode == 2
-    assert message in result.stdout.replace("\n", "")
+    assert message in result.stderr
+    assert result.stdout == ""
 
 
 def test_missing_workload_file() -> None:
     result = rhapsody("run", "/no/such/workload.py")
     assert result.returncode == 2
-    assert "no such file" in result.stdout
+    assert "no such file" in result.stderr
 
 
 def test_unknown_backend_and_bad_option(tmp_path: pathlib.Path) -> None:
     result = rhapsody("run", str(EXAMPLES / "shell_tasks.yaml"), "--backend", "nonesuch")
     assert result.returncode == 2
-    assert "no backend named 'nonesuch'" in result.stdout
+    assert "no backend named 'nonesuch'" in result.stderr
     result = rhapsody("run", str(EXAMPLES / "shell_tasks.yaml"), "-o", "max_workers=0")
     assert result.returncode == 2
-    assert "max_workers must be an integer >= 1" in result.stdout
+    assert "max_workers must be an integer >= 1" in result.stderr
     result = rhapsody("run", str(EXAMPLES / "shell_tasks.yaml"), "-o", "novalue")
     assert result.returncode == 2
     assert "expected KEY=VALUE" in result.stderr
@@ -100,7 +104,7 @@ def test_timeout_cancels_and_reports(tmp_path: pathlib.Path) -> None:
     tasks.write_text("- executable: sleep\n  arguments: ['60']\n")
     result = rhapsody("run", str(tasks), "--timeout", "1", timeout=60)
     assert result.returncode == 1
-    assert "did not finish within 1.0 s" in result.stdout
+    assert "did not finish within 1 s" in result.stderr
     assert "│    0 │      0 │        1 │" in result.stdout
 
 

@@ -1,8 +1,9 @@
 """The ``rhapsody`` command line.
 
 ``rhapsody run WORKLOAD`` runs a workload with a live progress bar and a summary; its exit status
-is 0 when every task ended DONE, 1 when any failed or was cancelled, 2 when the workload or the
-backend could not be used. ``rhapsody backends`` lists the backends installed here.
+is 0 when every task ended DONE, 1 when any failed or was cancelled or ``--timeout`` passed, 2 when
+the workload or the backend could not be used, 130 when interrupted (Ctrl-C). ``rhapsody backends``
+lists the backends installed here.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import pathlib
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -23,6 +25,7 @@ from ..errors import BackendUnavailableError
 from ..plugins import discover_backends, get_backend, register_plugin, unregister_plugin
 from ..session import Session
 from .report import RunReport, make_progress
+from .stopping import INTERRUPTED, RunStopper
 from .workload import WorkloadError, load_workload
 
 
@@ -34,6 +37,16 @@ def _option(text: str) -> tuple[str, Any]:
         return key, json.loads(raw)
     except json.JSONDecodeError:
         return key, raw
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number of seconds, got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--option", dest="options", action="append", type=_option, default=[],
                      metavar="KEY=VALUE",
                      help="backend option, repeatable; VALUE is read as JSON when it parses")
-    run.add_argument("--timeout", type=float, default=None,
-                     help="give up (cancel what still runs) after this many seconds")
+    run.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                     help="give up (cancel what still runs) after this many seconds (> 0)")
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
 
     listing = commands.add_parser("backends", help="list installed backends and whether they can run here")
@@ -69,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(stderr=False)
     if args.command == "backends":
         return _list_backends(console, as_json=args.json)
-    return _run(console, args)
+    # Errors go to stderr so that the summary on stdout can be piped or parsed on its own; soft
+    # wrapping keeps each message on one line for grep.
+    return _run(console, Console(stderr=True, soft_wrap=True), args)
 
 
 def _list_backends(console: Console, *, as_json: bool) -> int:
@@ -96,51 +111,87 @@ def _list_backends(console: Console, *, as_json: bool) -> int:
     return 0
 
 
-def _run(console: Console, args: argparse.Namespace) -> int:
-    try:
-        workload = load_workload(args.workload)
-        backend = get_backend(args.backend, **dict(args.options))
-    except (WorkloadError, BackendUnavailableError, TypeError, ValueError) as exc:
-        console.print(f"[red]rhapsody: {exc}[/]")
-        return 2
-    except Exception:
-        console.print(f"[red]rhapsody: loading {args.workload} failed:[/]")
-        console.print(traceback.format_exc())
-        return 2
-    progress = None if args.no_progress or not console.is_terminal else make_progress(console)
-    report = RunReport(progress=progress)
-    register_plugin(report, name="rhapsody-cli-report")
-    status = 0
-    try:
-        if progress is not None:
-            progress.start()
+def _run(console: Console, errors: Console, args: argparse.Namespace) -> int:
+    with RunStopper() as stopper:
         try:
-            asyncio.run(_drive(workload, backend, args.timeout))
-        finally:
+            workload = load_workload(args.workload)
+            backend = get_backend(args.backend, **dict(args.options))
+        except KeyboardInterrupt:
+            errors.print("rhapsody: interrupted while loading the workload", markup=False)
+            return INTERRUPTED
+        except (WorkloadError, BackendUnavailableError, TypeError, ValueError) as exc:
+            errors.print(f"rhapsody: {exc}", style="red", markup=False, highlight=False)
+            return 2
+        except Exception:
+            errors.print(f"rhapsody: loading {args.workload} failed:", style="red", markup=False)
+            errors.print(traceback.format_exc(), markup=False, highlight=False)
+            return 2
+        progress = None if args.no_progress or not console.is_terminal else make_progress(console)
+        report = RunReport(progress=progress)
+        register_plugin(report, name="rhapsody-cli-report")
+        status = 0
+        try:
             if progress is not None:
-                progress.stop()
-    except TimeoutError as exc:
-        console.print(f"[red]rhapsody: {exc}[/]")
-        status = 1
-    except Exception:
-        console.print("[red]rhapsody: the workload raised:[/]")
-        console.print(traceback.format_exc())
-        status = 2
-    finally:
-        unregister_plugin(report)
-    report.render(console)
-    if status == 0 and not report.ok:
-        status = 1
+                progress.start()
+            try:
+                _run_loop(_drive(workload, backend, args.timeout, stopper), stopper)
+            finally:
+                if progress is not None:
+                    progress.stop()
+        except asyncio.CancelledError:
+            if not stopper.interrupted:
+                raise
+            status = INTERRUPTED
+        except TimeoutError as exc:
+            errors.print(f"rhapsody: {exc}", style="red", markup=False, highlight=False)
+            status = 1
+        except Exception:
+            errors.print("rhapsody: the workload raised:", style="red", markup=False)
+            errors.print(traceback.format_exc(), markup=False, highlight=False)
+            status = 2
+        finally:
+            unregister_plugin(report)
+        if stopper.interrupted:
+            # Whatever the workload did with the cancellation, the user asked it to stop.
+            status = INTERRUPTED
+        report.render(console)
+        if status == 0 and not report.ok:
+            status = 1
+        stopper.wait_for_threads(status)
     return status
 
 
-async def _drive(workload: Any, backend: Any, timeout: float | None) -> None:
+def _run_loop(main: Coroutine[Any, Any, None], stopper: RunStopper) -> None:
+    """``asyncio.run(main)``, except that closing does not wait for the default executor's threads
+    (asyncio.run would, for up to 5 minutes): RunStopper.wait_for_threads bounds that wait."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        task = loop.create_task(main)
+        stopper.watch(loop, task)
+        loop.run_until_complete(task)
+    finally:
+        try:
+            leftovers = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for leftover in leftovers:
+                leftover.cancel()
+            if leftovers:
+                loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+async def _drive(workload: Any, backend: Any, timeout: float | None, stopper: RunStopper) -> None:
     async with Session(backends=[backend]) as session:
         try:
             await asyncio.wait_for(workload(session), timeout)
         except asyncio.TimeoutError:
+            # A Ctrl-C during the clean-up below ends the process at once.
+            stopper.stopping = True
             raise TimeoutError(
-                f"the workload did not finish within {timeout} s; {session.in_flight} tasks were "
+                f"the workload did not finish within {timeout:g} s; {session.in_flight} tasks were "
                 "still running and have been cancelled"
             ) from None
 
