@@ -20,6 +20,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import BackendUnavailableError
 from ..plugins import discover_backends, get_backend, register_plugin, unregister_plugin
@@ -98,15 +99,21 @@ def _list_backends(console: Console, *, as_json: bool) -> int:
         ], indent=2))
         return 0
     table = Table(title="rhapsody backends")
-    for column in ("backend", "distribution", "version", "engine", "can run here"):
-        table.add_column(column)
+    # A name is what users type: it is never cut (an 80-column pipe or CI log would otherwise
+    # shorten it to "probe_thirdpa…"). The other columns fold, so no reason loses its end.
+    table.add_column("backend", no_wrap=True, overflow="fold")
+    table.add_column("distribution", overflow="fold")
+    table.add_column("can run here", overflow="fold")
     for info in found.values():
+        origin = " ".join(part for part in (info.distribution, info.version) if part) or "?"
         if not info.available:
-            status = f"[red]no[/]: {info.reason}"
+            status = Text.assemble(("no", "red"), f": {info.reason}")
         else:
-            status = "[green]yes[/]" + (f" ({info.note})" if info.note else "")
-        engine = ", ".join(f"{k} {v}" for k, v in info.engine_versions.items())
-        table.add_row(info.name, info.distribution or "?", info.version or "?", engine or "-", status)
+            status = Text.assemble(("yes", "green"), f" ({info.note})" if info.note else "")
+            engine = ", ".join(f"{k} {v}" for k, v in info.engine_versions.items())
+            if engine:
+                status.append(f"; engine: {engine}")
+        table.add_row(Text(info.name), Text(origin), status)
     console.print(table)
     return 0
 
