@@ -15,6 +15,7 @@ import importlib
 import importlib.metadata
 import os
 import threading
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,13 +31,22 @@ BUILTIN_PLUGINS = ("rhapsody.builtin.concurrent", "rhapsody.builtin.noop")
 pm = pluggy.PluginManager("rhapsody")
 pm.add_hookspecs(hookspecs)
 
-_load_lock = threading.Lock()
+# Re-entrant: a plugin that calls get_backend() or Session() while it is being imported comes back
+# into load_plugins() on the loading thread, which must not wait for itself. Other threads wait
+# here until loading has finished.
+_load_lock = threading.RLock()
+_in_progress = False  # only the loading thread can see this True: the others wait on the lock
+_importing: str | None = None  # the entry point being imported, while plugins load
 # Bumped whenever run-time plugins come or go, so sessions re-read their hooks (cheaply) then.
 generation = 0
 _loaded = False
 _load_failures: dict[str, tuple[str | None, str | None, str]] = {}
 _plugin_dists: dict[str, tuple[str | None, str | None]] = {}
 _not_selected: set[str] = set()  # installed plugins that RHAPSODY_LOAD_PLUGINS left out
+
+
+class RhapsodyPluginWarning(UserWarning):
+    """An installed plugin was left out; ``rhapsody backends`` shows it as failed, with why."""
 
 
 @dataclass(frozen=True)
@@ -64,56 +74,78 @@ def _describe(exc: BaseException) -> str:
 def load_plugins() -> None:
     """Register the built-in plugins and the selected installed ones (once per process).
 
-    Raises:
-        pluggy.PluginValidationError: a plugin implements a hook that does not exist (a misspelt
-            name) or implements one with the wrong arguments.
+    A plugin that implements a hook that does not exist (a misspelt name) or implements one with
+    the wrong arguments is left out with a :class:`RhapsodyPluginWarning` and listed as failed;
+    the others load. Called again from the thread that is loading (a plugin that uses rhapsody
+    while it is being imported), it returns at once: what is registered so far (the built-ins
+    come first) is all there is until loading ends.
     """
-    global _loaded
-    invalid: list[pluggy.PluginValidationError] = []
+    global _loaded, _in_progress, generation
+    left_out: list[tuple[str, str]] = []
     with _load_lock:
-        if _loaded:
+        if _loaded or _in_progress:
             return
-        core = importlib.metadata.version("rhapsody-core") if _has_dist("rhapsody-core") else None
-        for module_name in BUILTIN_PLUGINS:
-            pm.register(importlib.import_module(module_name), name=module_name)
-            _plugin_dists[module_name] = ("rhapsody-core", core)
-        selection = os.environ.get("RHAPSODY_LOAD_PLUGINS")
-        wanted = None if selection is None else {n.strip() for n in selection.split(",") if n.strip()}
-        for entry_point in importlib.metadata.entry_points(group="rhapsody"):
-            if wanted is not None and entry_point.name not in wanted:
-                _not_selected.add(entry_point.name)
-                continue
-            if pm.has_plugin(entry_point.name):
-                continue
-            dist = getattr(entry_point, "dist", None)
-            origin = (dist.name, dist.version) if dist is not None else (None, None)
-            try:
-                plugin = entry_point.load()
-                pm.register(plugin, name=entry_point.name)
-            except Exception as exc:  # a broken plugin must not take the others down
-                _load_failures[entry_point.name] = (*origin, _describe(exc))
-                if isinstance(exc, pluggy.PluginValidationError):
-                    invalid.append(exc)
-                continue
-            _plugin_dists[entry_point.name] = origin
-        # A plugin with a misspelt hook is removed (and listed as failed) so that it fails loudly
-        # here once, instead of leaving every later register_plugin() failing on its account.
-        while True:
-            try:
-                pm.check_pending()
-                break
-            except pluggy.PluginValidationError as exc:
-                name = pm.get_name(exc.plugin) or repr(exc.plugin)
-                pm.unregister(exc.plugin)
-                _load_failures[name] = (*_plugin_dists.pop(name, (None, None)), str(exc))
-                invalid.append(exc)
-        _loaded = True
-    if invalid:
-        raise pluggy.PluginValidationError(
-            invalid[0].plugin,
-            f"{invalid[0]} (hooks that rhapsody defines: "
-            f"{', '.join(sorted(n for n in dir(hookspecs) if n.startswith('rhapsody_')))})",
-        )
+        _in_progress = True
+        try:
+            _load_all(left_out)
+            _loaded = True
+            # A session made by a plugin while loading saw only part of the hooks.
+            generation += 1
+        finally:
+            _in_progress = False
+    # Outside the lock: a warnings filter set to "error" must not leave loading half done.
+    for name, why in left_out:
+        warnings.warn(f"rhapsody plugin {name!r} left out: {why}", RhapsodyPluginWarning, stacklevel=2)
+
+
+def _load_all(left_out: list[tuple[str, str]]) -> None:
+    global _importing
+    core = importlib.metadata.version("rhapsody-core") if _has_dist("rhapsody-core") else None
+    for module_name in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(module_name), name=module_name)
+        _plugin_dists[module_name] = ("rhapsody-core", core)
+    selection = os.environ.get("RHAPSODY_LOAD_PLUGINS")
+    wanted = None if selection is None else {n.strip() for n in selection.split(",") if n.strip()}
+    for entry_point in importlib.metadata.entry_points(group="rhapsody"):
+        if wanted is not None and entry_point.name not in wanted:
+            _not_selected.add(entry_point.name)
+            continue
+        if pm.has_plugin(entry_point.name):
+            continue
+        dist = getattr(entry_point, "dist", None)
+        origin = (dist.name, dist.version) if dist is not None else (None, None)
+        _importing = entry_point.name
+        try:
+            plugin = entry_point.load()
+            pm.register(plugin, name=entry_point.name)
+        except pluggy.PluginValidationError as exc:  # a hook with the wrong arguments
+            why = _invalid_hook(exc)
+            _load_failures[entry_point.name] = (*origin, why)
+            left_out.append((entry_point.name, why))
+            continue
+        except Exception as exc:  # a broken plugin must not take the others down
+            _load_failures[entry_point.name] = (*origin, _describe(exc))
+            continue
+        finally:
+            _importing = None
+        _plugin_dists[entry_point.name] = origin
+    # A plugin with a misspelt hook is removed (and listed as failed) so that it is reported here
+    # once, instead of failing every Session() and every later register_plugin() on its account.
+    while True:
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or repr(exc.plugin)
+            pm.unregister(exc.plugin)
+            why = _invalid_hook(exc)
+            _load_failures[name] = (*_plugin_dists.pop(name, (None, None)), why)
+            left_out.append((name, why))
+
+
+def _invalid_hook(exc: pluggy.PluginValidationError) -> str:
+    hooks = ", ".join(sorted(n for n in dir(hookspecs) if n.startswith("rhapsody_")))
+    return f"{exc} (hooks that rhapsody defines: {hooks})"
 
 
 def _has_dist(name: str) -> bool:
@@ -128,7 +160,8 @@ def register_plugin(plugin: Any, name: str | None = None) -> None:
     """Register a plugin object at run time (a module or an instance with hook methods).
 
     Raises:
-        pluggy.PluginValidationError: as for :func:`load_plugins`.
+        pluggy.PluginValidationError: the plugin implements a hook that does not exist (a
+            misspelt name) or one with the wrong arguments; it is not registered.
         ValueError: a plugin of that name is already registered.
     """
     global generation
@@ -224,6 +257,13 @@ def get_backend(name: str, **options: Any) -> BaseBackend:
     info = found.get(name)
     if info is None:
         known = ", ".join(sorted(found)) or "none"
+        if _in_progress:
+            asking = f"plugin {_importing!r}" if _importing else "a plugin"
+            raise BackendUnavailableError(
+                f"no backend named {name!r} is known yet: plugins are still loading ({asking} "
+                f"asked for it while being imported; known so far: {known}). A plugin must not "
+                "use rhapsody at import time: do that inside a function"
+            )
         if name in _not_selected:
             raise BackendUnavailableError(
                 f"backend {name!r} is installed but not loaded: RHAPSODY_LOAD_PLUGINS="
