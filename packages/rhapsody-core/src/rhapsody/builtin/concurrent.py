@@ -14,28 +14,42 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
+import multiprocessing.connection
 import os
 import shlex
 import signal
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import cloudpickle
 
+from .._compat import executor_workers, pool_processes, process_pool_settings
 from ..backend import BaseBackend, check_process_options
+from ..errors import WorkerLostError
 from ..hookspecs import hookimpl
 from ..states import TaskState
 from ..task import Task
+from .worker_markers import WorkerMarkers, exit_status, mark_chunk, mark_task, worker_marker
 
 _DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
 _EXECUTABLE_OPTIONS = frozenset({"cwd", "env", "shell"})
 _MAX_CHUNK = 256
+# A pool that keeps breaking with no task of ours in a dead worker (a failing initializer, workers
+# killed while idle) is rebuilt this many times in a row, then its tasks fail with its error.
+_MAX_UNEXPLAINED_BREAKS = 3
+_REAP_WAIT = 1.0  # a dead worker's exit status is there within moments of its sentinel
+_REQUEUED: Any = object()  # in _queued: a task of a broken pool, waiting to be resubmitted
 _KILL_GRACE = 3.0
 
 
 # Where an executable's driver is; it decides how cancel_task stops it (see _cancel_driver).
-_NEW, _RUNNING, _STARTING, _DOOMED = "new", "running", "starting", "doomed"
+# _ENDING: the program exited or timed out and its group is being killed; the task reports how
+# it ended, so there is nothing left for cancel_task to stop.
+_NEW, _RUNNING, _STARTING, _DOOMED, _ENDING = "new", "running", "starting", "doomed", "ending"
 
 
 class _Driver:
@@ -56,7 +70,15 @@ class ConcurrentBackend(BaseBackend):
         executor: a ``ThreadPoolExecutor`` or ``ProcessPoolExecutor`` for function tasks. When
             given, the backend never shuts it down. Default: a thread pool of ``max_workers``.
         max_workers: size of the default thread pool (Python's default when omitted).
+        processes: run function tasks on a process pool of this many workers that the backend
+            owns, instead of threads: the choice for CPU-bound Python, which threads serialise.
         max_subprocesses: how many executables run at once (default: the number of CPUs).
+
+    A process-pool worker that dies (``os._exit``, a signal, a crash in C code) takes only the
+    task it was running: that task fails with :class:`rhapsody.WorkerLostError` (and runs again
+    up to its ``retries``), the pool is rebuilt with the same settings, and every other task of
+    the broken pool runs again there. A pool given as ``executor`` is rebuilt too; the backend
+    owns (and shuts down) the new one.
 
     Executable tasks honour ``task_backend_specific_kwargs`` ``cwd`` (working directory),
     ``env`` (the whole environment of the process; ``None`` inherits this process's) and
@@ -64,7 +86,8 @@ class ConcurrentBackend(BaseBackend):
 
     Raises:
         TypeError: ``executor`` is not a thread or process pool.
-        ValueError: ``max_workers`` or ``max_subprocesses`` is below 1.
+        ValueError: ``max_workers``, ``processes`` or ``max_subprocesses`` is below 1, or
+            ``processes`` is given with ``executor`` or ``max_workers``.
     """
 
     name = "concurrent"
@@ -75,6 +98,7 @@ class ConcurrentBackend(BaseBackend):
         *,
         executor: Executor | None = None,
         max_workers: int | None = None,
+        processes: int | None = None,
         max_subprocesses: int | None = None,
     ) -> None:
         super().__init__()
@@ -83,16 +107,30 @@ class ConcurrentBackend(BaseBackend):
                 f"concurrent: executor must be a ThreadPoolExecutor or ProcessPoolExecutor, "
                 f"got {type(executor).__name__}"
             )
-        for label, value in (("max_workers", max_workers), ("max_subprocesses", max_subprocesses)):
-            if value is not None and (not isinstance(value, int) or value < 1):
+        for label, value in (("max_workers", max_workers), ("processes", processes),
+                             ("max_subprocesses", max_subprocesses)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"concurrent: {label} must be an integer >= 1, got {value!r}")
+        if processes is not None and (executor is not None or max_workers is not None):
+            raise ValueError(
+                "concurrent: processes= makes the backend's own process pool; it cannot be "
+                "combined with executor= or max_workers= (the thread pool's size)"
+            )
         self._owns_executor = executor is None
+        if processes is not None:
+            executor = ProcessPoolExecutor(max_workers=processes)
         self._executor: Executor = executor or ThreadPoolExecutor(
             max_workers=max_workers, thread_name_prefix="rhapsody-concurrent"
         )
         self._in_processes = isinstance(self._executor, ProcessPoolExecutor)
-        # Both pool classes record their size here; there is no public accessor.
-        self._workers: int = getattr(self._executor, "_max_workers", os.cpu_count() or 1)
+        self._workers: int = executor_workers(self._executor)
+        # Process pools only: which task each worker runs (read when the pool breaks), the chunk
+        # ids they record, the last broken pool's findings, and breaks in a row with no cause.
+        self._markers: WorkerMarkers | None = None
+        self._chunk_ids = itertools.count()
+        self._autopsies: dict[Executor, dict[int, tuple[int, int, int | None]]] = {}
+        self._autopsy_lock = threading.Lock()
+        self._unexplained_breaks = 0
         self._max_subprocesses = max_subprocesses or os.cpu_count() or 1
         self._slots: asyncio.Semaphore | None = None
         # uid -> its chunk (threads) or the chunk's pool future (processes) until the task starts.
@@ -107,6 +145,8 @@ class ConcurrentBackend(BaseBackend):
 
     async def _initialize(self) -> None:
         self._slots = asyncio.Semaphore(self._max_subprocesses)
+        if self._in_processes:
+            self._markers = WorkerMarkers()
 
     # -- submit ------------------------------------------------------------------------------
 
@@ -157,14 +197,21 @@ class ConcurrentBackend(BaseBackend):
             return
         if payload is None:
             payload = _pickle_chunk(chunk)
+        chunk_id = next(self._chunk_ids)
+        markers = self._markers.directory  # type: ignore[union-attr]
         try:
-            future = self._executor.submit(_run_pickled_chunk, payload)
+            try:
+                future = self._executor.submit(_run_pickled_chunk, markers, chunk_id, payload)
+            except BrokenProcessPool as exc:
+                # A worker died since the last submit: this chunk goes to a pool built anew.
+                self._replace_pool(exc)
+                future = self._executor.submit(_run_pickled_chunk, markers, chunk_id, payload)
         except RuntimeError as exc:
-            # BrokenProcessPool (a worker died, possibly while this very call was submitting)
-            # or a pool shut down by its owner: the chunk's tasks fail, the call goes on.
+            # A pool shut down by its owner, or one that cannot be rebuilt: the chunk's tasks
+            # fail, the call goes on.
             self._fail_chunk(chunk, exc)
             return
-        future.rhapsody_chunk = chunk  # type: ignore[attr-defined]
+        future.rhapsody_chunk = (chunk, chunk_id, self._executor)  # type: ignore[attr-defined]
         for task in chunk:
             queued[task["uid"]] = future
         # Added last, so a chunk that already finished still releases its tasks (callback runs now).
@@ -208,12 +255,17 @@ class ConcurrentBackend(BaseBackend):
     def _process_chunk_done(self, future: Future[Any]) -> None:
         if future.cancelled():
             return  # cancel_task resubmitted the rest of the chunk
-        chunk: list[Task] = future.rhapsody_chunk  # type: ignore[attr-defined]
+        chunk: list[Task]
+        chunk, chunk_id, pool = future.rhapsody_chunk  # type: ignore[attr-defined]
         error = future.exception()
+        if isinstance(error, BrokenProcessPool):
+            self._recover(chunk, chunk_id, pool)
+            return
         if error is not None:
-            # The pool broke or the chunk could not be unpickled: every task of it failed.
+            # The chunk could not be unpickled in the worker: every task of it failed.
             self._fail_chunk(chunk, error)
             return
+        self._unexplained_breaks = 0
         release = self._queued.pop
         for task in chunk:
             release(task["uid"], None)
@@ -227,51 +279,139 @@ class ConcurrentBackend(BaseBackend):
                 updates.append((task, _FAILED))
         self.report(updates)
 
+    # -- processes: a worker died ------------------------------------------------------------
+
+    def _recover(self, chunk: list[Task], chunk_id: int, pool: Executor) -> None:
+        """Fail the one task a dead worker was running; queue the rest of ``chunk`` to run again.
+
+        Runs in the broken pool's own thread, which fails every future before it stops the
+        surviving workers: so the workers found dead here are the ones that broke the pool.
+        """
+        if self._closed:
+            self._fail_chunk(chunk, WorkerLostError(chunk[0]["uid"], "process pool, shut down"))
+            return
+        with self._autopsy_lock:  # two broken pools' threads can report at once
+            dead = self._autopsies.get(pool)
+            if dead is None:
+                dead = self._autopsies[pool] = self._autopsy(pool)
+                if len(self._autopsies) > 8:  # only the pools still failing futures matter
+                    del self._autopsies[next(iter(self._autopsies))]
+        lost: Task | None = None
+        found = dead.get(chunk_id)
+        if found is not None and found[1] < len(chunk):
+            pid, index, code = found
+            lost = chunk[index]
+            lost["exception"] = WorkerLostError(lost["uid"], f"process {pid}", code)
+        rest = [task for task in chunk if task is not lost]
+        if self._unexplained_breaks > _MAX_UNEXPLAINED_BREAKS:
+            self._fail_chunk(rest, BrokenProcessPool(
+                f"the process pool broke {self._unexplained_breaks} times in a row with no task "
+                "running in the worker that died (a failing initializer, or workers killed "
+                "from outside); its tasks fail instead of being resubmitted again"))
+            rest = []
+        queued = self._queued
+        for task in rest:
+            queued[task["uid"]] = _REQUEUED
+        if lost is not None:
+            queued.pop(lost["uid"], None)
+            self.report([(lost, _FAILED)])
+        if rest:
+            self._loop.call_soon_threadsafe(self._requeue, rest)  # type: ignore[union-attr]
+
+    def _autopsy(self, pool: Executor) -> dict[int, tuple[int, int, int | None]]:
+        """chunk id -> (pid, index, exit code) for each chunk that was running in a dead worker
+        of ``pool``; counts the break as unexplained when there is none."""
+        workers = {process.pid: process for process in pool_processes(pool)}  # type: ignore[arg-type]
+        # A worker's sentinel is ready once it has exited: the very signal the pool saw. (Its
+        # /proc entry can still read as running for a moment, until the kernel makes it a zombie.)
+        ended = {sentinel for sentinel in multiprocessing.connection.wait(
+            [process.sentinel for process in workers.values()], timeout=0)}
+        dead: dict[int, tuple[int, int, int | None]] = {}
+        for chunk_id, (pid, index) in self._markers.read().items():  # type: ignore[union-attr]
+            process = workers.get(pid)
+            if process is None:
+                if workers:
+                    continue  # a worker of an earlier pool
+                gone, code = exit_status(pid)  # this Python's pool does not list its workers
+            else:
+                gone = process.sentinel in ended
+                code = None
+                if gone:
+                    process.join(_REAP_WAIT)  # multiprocessing keeps the status for the pool
+                    code = process.exitcode
+            if gone:
+                dead[chunk_id] = (pid, index, code)
+        if not dead:
+            self._unexplained_breaks += 1
+        return dead
+
+    def _requeue(self, tasks: list[Task]) -> None:
+        # On the loop thread. A task cancel_task took meanwhile is no longer _REQUEUED.
+        queued = self._queued
+        tasks = [task for task in tasks if queued.get(task["uid"]) is _REQUEUED]
+        if tasks:
+            size = _chunk_size(len(tasks), self._workers)
+            for start in range(0, len(tasks), size):
+                self._submit_chunk(tasks[start:start + size])
+
+    def _replace_pool(self, error: BrokenProcessPool) -> None:
+        """Build a pool like the broken one; the backend owns (and shuts down) the new one.
+
+        Raises:
+            RuntimeError: the broken pool was given by the program and this Python does not say
+                how it was built (the message says what to do instead).
+        """
+        broken = self._executor
+        try:
+            settings = process_pool_settings(broken)  # type: ignore[arg-type]
+        except AttributeError as exc:
+            raise RuntimeError(
+                f"concurrent: the process pool broke ({error}) and cannot be rebuilt: {exc}. "
+                "Give the backend processes=N instead of executor=, so that it builds its own"
+            ) from error
+        self._executor = ProcessPoolExecutor(**settings)
+        self._owns_executor = True
+        broken.shutdown(wait=False, cancel_futures=True)
+
     # -- executables -------------------------------------------------------------------------
 
     async def _run_executable(self, driver: _Driver) -> None:
         task = driver.task
         uid = task["uid"]
         driver.phase = _RUNNING
-        options = task["task_backend_specific_kwargs"]
-        process = None
+        transport: asyncio.SubprocessTransport | None = None
+        output = _Output()
         try:
             async with self._slots:  # type: ignore[union-attr]
-                if options.get("shell"):
-                    command = " ".join([task["executable"], *map(shlex.quote, task["arguments"])])
-                    spawn = asyncio.create_subprocess_shell(
-                        command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                        cwd=options.get("cwd"), env=options.get("env"), start_new_session=True,
-                    )
-                else:
-                    spawn = asyncio.create_subprocess_exec(
-                        task["executable"], *task["arguments"],
-                        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                        cwd=options.get("cwd"), env=options.get("env"), start_new_session=True,
-                    )
                 driver.phase = _STARTING  # cancel_task now only dooms it (see _cancel_driver)
-                process = await spawn
+                transport = await _spawn(task, output)
                 if driver.phase is _DOOMED:
                     raise asyncio.CancelledError
                 driver.phase = _RUNNING
-                try:
-                    out, err = await asyncio.wait_for(process.communicate(), task["timeout"])
-                except asyncio.TimeoutError:
-                    await _kill_group(process)
-                    out, err = await process.communicate()
+                # The task ends with its program, not at EOF on its pipes: a child the program
+                # left in the background may hold them open for as long as it lives.
+                exited, _ = await asyncio.wait((output.exited,), timeout=task["timeout"])
+                driver.phase = _ENDING
+                if not exited:
                     task["exception"] = TimeoutError(
                         f"task {uid} exceeded its timeout of {task['timeout']} s; its process "
                         "group was killed"
                     )
+                await _end_group(transport, output)
+                code = transport.get_returncode()
         except asyncio.CancelledError:
-            if process is not None and process.returncode is None:
-                await _kill_group(process)
-            if process is not None:
-                task["exit_code"] = process.returncode
+            # A second cancel_task while the group is being killed must not cut that short.
+            driver.phase = _DOOMED
+            if transport is not None:
+                await _end_group(transport, output)
+                task["exit_code"] = transport.get_returncode()
             self._drivers.pop(uid, None)
             self.report([(task, _CANCELED)])
             return
         except Exception as exc:  # e.g. no such executable or cwd: the task fails
+            if transport is not None:  # not expected once it started, but nothing may outlive it
+                _signal_group(transport.get_pid(), signal.SIGKILL)
+                _stop_reading(transport)
             self._drivers.pop(uid, None)
             task["exception"] = exc
             task["stderr"] = f"{type(exc).__name__}: {exc}"
@@ -279,9 +419,9 @@ class ConcurrentBackend(BaseBackend):
             self.report([(task, _CANCELED if driver.phase is _DOOMED else _FAILED)])
             return
         self._drivers.pop(uid, None)
-        task["stdout"] = out.decode(errors="replace")
-        task["stderr"] = err.decode(errors="replace")
-        task["exit_code"] = code = process.returncode
+        task["stdout"] = output.stdout.decode(errors="replace")
+        task["stderr"] = output.stderr.decode(errors="replace")
+        task["exit_code"] = code
         self.report([(task, _DONE if code == 0 and task["exception"] is None else _FAILED)])
 
     def _cancel_driver(self, driver: _Driver) -> bool:
@@ -290,6 +430,8 @@ class ConcurrentBackend(BaseBackend):
             # started: the driver kills the whole group as soon as the program has started.
             driver.phase = _DOOMED
             return True
+        if driver.phase is _ENDING:
+            return False  # it exited or timed out: it ends DONE or FAILED, its group killed
         if driver.phase is _NEW:
             # Cancelled before its first step, a coroutine never runs its own clean-up.
             driver.job.cancel()
@@ -307,9 +449,13 @@ class ConcurrentBackend(BaseBackend):
             return self._cancel_driver(driver)
         if self._in_processes:
             future = self._queued.get(uid)
+            if future is _REQUEUED:
+                del self._queued[uid]  # its pool broke before it ran: it never will
+                self.report([(task, _CANCELED)])
+                return True
             if future is None or not future.cancel():
                 return False  # the chunk already runs (or ran): it reports the task itself
-            chunk: list[Task] = future.rhapsody_chunk  # type: ignore[attr-defined]
+            chunk: list[Task] = future.rhapsody_chunk[0]  # type: ignore[attr-defined]
             for member in chunk:
                 self._queued.pop(member["uid"], None)
             rest = [member for member in chunk if member is not task]
@@ -326,6 +472,8 @@ class ConcurrentBackend(BaseBackend):
             self._cancel_driver(driver)
         if drivers:
             await asyncio.wait([driver.job for driver in drivers], timeout=_KILL_GRACE + 5)
+        if self._markers is not None:
+            self._markers.close()
         if not self._owns_executor:
             return
         # Queued chunks are dropped; running ones cannot be interrupted, so wait a bounded time.
@@ -333,7 +481,7 @@ class ConcurrentBackend(BaseBackend):
         if self._in_processes:
             # A ProcessPoolExecutor has no public way to stop busy workers; terminate them so no
             # child outlives the session.
-            for process in list(getattr(self._executor, "_processes", {}).values()):
+            for process in pool_processes(self._executor):  # type: ignore[arg-type]
                 if process.is_alive():
                     process.terminate()
 
@@ -376,29 +524,114 @@ async def _bounded(coroutine: Any, timeout: float | None) -> Any:
         raise TimeoutError(f"the task exceeded its timeout of {timeout} s") from None
 
 
-async def _kill_group(process: asyncio.subprocess.Process) -> None:
-    """SIGTERM the process group, then SIGKILL it if it is still there after a grace period."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            await asyncio.wait_for(process.wait(), _KILL_GRACE)
-        except asyncio.TimeoutError:
-            continue
-        # The leader is gone; make sure nothing else it started lingers in the group.
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        return
+# After an executable's program has exited and its group has been killed, how long its output is
+# still read. The killed group lets go of the pipes at once; only a process that left the group
+# (its own setsid) can keep them open, and reading must not wait for it.
+_DRAIN = 1.0
 
 
-def _run_pickled_chunk(payload: bytes) -> bytes:
-    """Run a chunk of function calls in a pool process; return (ok, value) pairs, cloudpickled."""
+class _Output(asyncio.SubprocessProtocol):
+    """An executable's stdout and stderr as they arrive, and when its program and its pipes end.
+
+    ``Process.wait()`` cannot tell when the program exits: from Python 3.11 on it also waits for
+    EOF on the pipes, which a child left in the background holds off for as long as it lives.
+    """
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.exited: asyncio.Future[None] = loop.create_future()  # the program (group leader)
+        self.closed: asyncio.Future[None] = loop.create_future()  # it exited and both pipes closed
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        (self.stdout if fd == 1 else self.stderr).extend(data)
+
+    def process_exited(self) -> None:
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self._transport is not None:
+            # Everything has ended, so this only marks the transport closed (no ResourceWarning).
+            self._transport.close()
+
+
+async def _spawn(task: Task, output: _Output) -> asyncio.SubprocessTransport:
+    options = task["task_backend_specific_kwargs"]
+    loop = asyncio.get_running_loop()
+    pipe = asyncio.subprocess.PIPE
+    # stdin=None: the program inherits ours, as before (the loop's own default would be a pipe).
+    if options.get("shell"):
+        command = " ".join([task["executable"], *map(shlex.quote, task["arguments"])])
+        transport, _ = await loop.subprocess_shell(
+            lambda: output, command, stdin=None, stdout=pipe, stderr=pipe,
+            cwd=options.get("cwd"), env=options.get("env"), start_new_session=True,
+        )
+    else:
+        transport, _ = await loop.subprocess_exec(
+            lambda: output, task["executable"], *task["arguments"], stdin=None, stdout=pipe,
+            stderr=pipe, cwd=options.get("cwd"), env=options.get("env"), start_new_session=True,
+        )
+    return transport
+
+
+async def _end_group(transport: asyncio.SubprocessTransport, output: _Output) -> None:
+    """Kill the task's whole process group, then read what is left of its output, at most _DRAIN s.
+
+    The group (pgid == the program's pid, from start_new_session) lives as long as any member
+    does, so killpg still reaches what the program left running after it has exited.
+    """
+    pgid = transport.get_pid()
+    try:
+        if not output.exited.done():
+            # Timed out or cancelled: the program gets a chance to stop cleanly.
+            _signal_group(pgid, signal.SIGTERM)
+            await asyncio.wait((output.exited,), timeout=_KILL_GRACE)
+        # What the program left behind gets no grace: the task it belongs to has ended.
+        _signal_group(pgid, signal.SIGKILL)
+        await asyncio.wait((output.closed,), timeout=_DRAIN)
+    except asyncio.CancelledError:
+        _signal_group(pgid, signal.SIGKILL)  # the event loop is going away: kill without waiting
+        raise
+    finally:
+        _stop_reading(transport)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is empty, or all that is left of it runs as another user
+
+
+def _stop_reading(transport: asyncio.SubprocessTransport) -> None:
+    # Ends the reading even while a process outside the group holds the other ends (its writes
+    # then fail with EPIPE); a no-op for pipes that already reached EOF.
+    for fd in (1, 2):
+        pipe = transport.get_pipe_transport(fd)
+        if pipe is not None:
+            pipe.close()
+
+
+def _run_pickled_chunk(markers: str, chunk_id: int, payload: bytes) -> bytes:
+    """Run a chunk of function calls in a pool process; return (ok, value) pairs, cloudpickled.
+
+    The worker's marker in ``markers`` records which task of the chunk it has started, for the
+    backend to read should this process die.
+    """
     results: list[tuple[bool, Any]] = []
-    for function, args, kwargs, timeout in cloudpickle.loads(payload):
+    marker = worker_marker(markers)
+    mark_chunk(marker, chunk_id)
+    calls = cloudpickle.loads(payload)
+    for index, (function, args, kwargs, timeout) in enumerate(calls):
+        mark_task(marker, index)
         try:
             value = function(*args, **kwargs)
             if inspect.iscoroutine(value):
@@ -406,6 +639,7 @@ def _run_pickled_chunk(payload: bytes) -> bytes:
             results.append((True, value))
         except BaseException as exc:  # one task's SystemExit must not lose the chunk
             results.append((False, exc))
+    mark_task(marker, len(calls))
     try:
         return cloudpickle.dumps(results)
     except Exception:  # fall back item by item so only the bad result fails
