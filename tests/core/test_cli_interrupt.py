@@ -115,3 +115,16 @@ def test_timeout_must_be_positive_and_finite(workload: pathlib.Path, value: str)
     assert result.returncode == 2
     assert f"argument --timeout: expected a positive, finite number of seconds, got {value!r}" in result.stderr
     assert result.stdout == ""
+
+
+def test_a_timeout_error_of_the_workload_is_not_the_run_timeout(tmp_path: pathlib.Path) -> None:
+    workload = tmp_path / "own_timeout.py"
+    workload.write_text("import asyncio\n\nasync def main(session):\n"
+                        "    await asyncio.wait_for(asyncio.sleep(30), 0.01)\n")
+    result = subprocess.run([sys.executable, "-m", "rhapsody", "run", str(workload), "--timeout", "60"],
+                            capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, RHAPSODY_LOAD_PLUGINS=""))
+    assert result.returncode == 2
+    assert "rhapsody: the workload raised:" in result.stderr
+    assert "TimeoutError" in result.stderr
+    assert "did not finish within" not in result.stderr

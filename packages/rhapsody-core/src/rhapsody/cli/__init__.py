@@ -29,6 +29,8 @@ from .report import RunReport, make_progress
 from .stopping import INTERRUPTED, RunStopper
 from .workload import WorkloadError, load_workload
 
+_WORKLOAD_CANCEL_GRACE = 5.0  # seconds a cancelled workload gets to unwind before the session closes
+
 
 def _option(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
@@ -145,11 +147,12 @@ def _run(console: Console, errors: Console, args: argparse.Namespace) -> int:
             finally:
                 if progress is not None:
                     progress.stop()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            # KeyboardInterrupt: a Ctrl-C in the moment before the run's task exists.
             if not stopper.interrupted:
                 raise
             status = INTERRUPTED
-        except TimeoutError as exc:
+        except RunTimedOut as exc:
             errors.print(f"rhapsody: {exc}", style="red", markup=False, highlight=False)
             status = 1
         except Exception:
@@ -190,17 +193,31 @@ def _run_loop(main: Coroutine[Any, Any, None], stopper: RunStopper) -> None:
             loop.close()
 
 
+class RunTimedOut(Exception):
+    """``--timeout`` passed (not a TimeoutError the workload raised itself)."""
+
+
 async def _drive(workload: Any, backend: Any, timeout: float | None, stopper: RunStopper) -> None:
     async with Session(backends=[backend]) as session:
+        job = asyncio.ensure_future(workload(session))
         try:
-            await asyncio.wait_for(workload(session), timeout)
-        except asyncio.TimeoutError:
+            # asyncio.wait, not wait_for: a TimeoutError the workload raises (a task's own timeout)
+            # is the workload's error, not --timeout.
+            await asyncio.wait({job}, timeout=timeout)
+            if job.done():
+                job.result()
+                return
             # A Ctrl-C during the clean-up below ends the process at once.
             stopper.stopping = True
-            raise TimeoutError(
+            raise RunTimedOut(
                 f"the workload did not finish within {timeout:g} s; {session.in_flight} tasks were "
                 "still running and have been cancelled"
-            ) from None
+            )
+        finally:
+            if not job.done():
+                job.cancel()
+                # Bounded: a workload that ignores its cancellation must not keep the session open.
+                await asyncio.wait({job}, timeout=_WORKLOAD_CANCEL_GRACE)
 
 
 if __name__ == "__main__":  # pragma: no cover

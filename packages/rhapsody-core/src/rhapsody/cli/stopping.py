@@ -60,12 +60,16 @@ class RunStopper:
         self._previous: Any = None
 
     def __enter__(self) -> RunStopper:
-        self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+        # Only the main thread may set signal handlers (main() called from another thread keeps
+        # the default: Ctrl-C is then the caller's business).
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
     def watch(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
         """Cancel ``task`` on the first Ctrl-C from now on."""
