@@ -11,13 +11,14 @@ import asyncio
 import os
 import pathlib
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import pytest
 
 from ..backend import BaseBackend
-from ..errors import TaskExecutionError
+from ..errors import TaskExecutionError, WorkerLostError
 from ..plugins import get_backend
 from ..session import Session
 from ..task import ComputeTask
@@ -36,6 +37,8 @@ FEATURES = frozenset({
     "cancel_running",  # cancelling a running executable kills its process group
     "cancel_queued",   # a cancelled queued task never starts
     "close_kills",     # closing the session kills what still runs
+    "orphans",         # no process an executable started outlives the task
+    "worker_loss",     # a task that ends its worker's process fails alone (WorkerLostError), is retried
 })
 """Feature names a backend may declare in ``unsupported`` (with the reason)."""
 
@@ -391,6 +394,89 @@ class BackendConformance:
             assert session.in_flight == 0
 
         rhapsody_harness.run(body)
+
+    # -- one failure stays one failure -------------------------------------------------------
+
+    def _functions_run_elsewhere(self, harness: ConformanceHarness) -> None:
+        # A backend that runs functions in the test's own process (threads) cannot lose a worker
+        # without taking the test run with it.
+        async def body(session: Session) -> int:
+            probe = ComputeTask(function=workloads.process_id)
+            await session.submit_tasks([probe])
+            return (await probe).return_value  # type: ignore[no-any-return]
+
+        if harness.run(body) == os.getpid():
+            pytest.skip("functions run in the test's own process: a lost worker cannot be simulated")
+
+    def test_lost_worker_fails_only_its_task(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("function", "worker_loss")
+        self._functions_run_elsewhere(rhapsody_harness)
+
+        async def body(session: Session) -> None:
+            doomed = ComputeTask(function=workloads.end_own_process, args=(13,), retries=0)
+            healthy = [ComputeTask(function=workloads.add, args=(i, 1)) for i in range(8)]
+            await session.submit_tasks([doomed, *healthy])
+            await session.wait_tasks([doomed, *healthy])
+            assert doomed.state == "FAILED"
+            assert isinstance(doomed.exception, WorkerLostError), (
+                f"a task whose process died must fail with rhapsody.WorkerLostError, got "
+                f"{doomed.exception!r}")
+            assert doomed.exception.uid == doomed.uid
+            assert [t.return_value for t in healthy] == [i + 1 for i in range(8)]
+            later = ComputeTask(function=workloads.add, args=(2, 3))
+            await session.submit_tasks([later])
+            assert (await later).return_value == 5
+
+        rhapsody_harness.run(body)
+
+    def test_lost_worker_is_retried(self, rhapsody_harness: ConformanceHarness, tmp_path: pathlib.Path) -> None:
+        self.require("function", "worker_loss")
+        self._functions_run_elsewhere(rhapsody_harness)
+        marker = tmp_path / "died-once"
+
+        async def body(session: Session) -> None:
+            task = ComputeTask(function=workloads.end_own_process_once, args=(str(marker), 13))
+            await session.submit_tasks([task])
+            await session.wait_tasks([task])
+            assert marker.exists(), "the first attempt did not run"
+            assert (task.state, task.return_value, task.retried) == ("DONE", "survived", 1), (
+                f"a lost worker's task must run again (retries=3 by default): {task.exception!r}")
+
+        rhapsody_harness.run(body)
+
+    def test_no_process_outlives_its_task(self, rhapsody_harness: ConformanceHarness, tmp_path: pathlib.Path) -> None:
+        self.require("executable", "orphans")
+        pid_file = tmp_path / "child.pid"
+
+        async def body(session: Session) -> None:
+            # The program exits at once; its background child would hold the output open 300 s.
+            task = self._shell_task(f"sleep 300 & echo $! > {pid_file}; echo started")
+            await session.submit_tasks([task])
+            await session.wait_tasks([task])
+            assert (task.state, task.stdout, task.exit_code) == ("DONE", "started\n", 0)
+            child = await _read_pid(pid_file, 10)
+            await _until_gone(child, 15)
+
+        rhapsody_harness.run(body)
+
+    def test_another_event_loop_is_refused_at_once(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("function")
+        task = ComputeTask(function=workloads.add, args=(1, 1))
+        errors: list[BaseException] = []
+
+        def other_thread() -> None:
+            try:
+                asyncio.run(rhapsody_harness.session.submit_tasks([task]))
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=other_thread, name="conformance-foreign-loop")
+        thread.start()
+        thread.join(self.task_timeout)
+        assert not thread.is_alive(), "submit_tasks from another event loop hung"
+        assert len(errors) == 1 and isinstance(errors[0], RuntimeError), errors
+        assert "another event loop" in str(errors[0])
+        assert task.state == "NEW"
 
     # -- close -------------------------------------------------------------------------------
 
