@@ -18,12 +18,16 @@ def _nanny(**options: Any) -> dict[str, Any]:
     return {"cls": distributed.Nanny, "options": {"nthreads": 1, "dashboard_address": None, **options}}
 
 
+# dashboard_address=None alone still binds the scheduler's HTTP routes to port 8787.
+_NO_DASHBOARD = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
+
+
 @pytest.fixture(scope="module")
 def gpu_cluster() -> Iterator[Any]:
     """One plain worker ("cpu") and one advertising GPU=1 ("gpu"), each one thread."""
     cluster = distributed.SpecCluster(
         workers={"cpu": _nanny(), "gpu": _nanny(resources={"GPU": 1})},
-        scheduler={"cls": distributed.Scheduler, "options": {"dashboard_address": None}},
+        scheduler={"cls": distributed.Scheduler, "options": _NO_DASHBOARD},
     )
     try:
         with distributed.Client(cluster) as client:

@@ -1,4 +1,8 @@
-"""A worker killed in the middle of a task: the task fails saying so, or is retried when it asked."""
+"""A worker killed in the middle of a task: one WorkerLostError, re-run by the session.
+
+Workers are killed for real (SIGKILL from the task itself or from the test); the nanny starts a
+new worker process each time. Every wait is bounded by ``run``'s timeout.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,12 @@ import signal
 import time
 from typing import Any
 
+import dask
+import distributed
 import pytest
 
+import rhapsody
+import rhapsody_dask
 from rhapsody import ComputeTask, Session
 from rhapsody_dask import DaskBackend, WorkerLostError
 
@@ -36,29 +44,37 @@ def always_die(marker: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def healthy(i: int) -> int:
+    time.sleep(0.02)  # still in flight, beside the killer, while workers die
+    return i * i
+
+
 def run(coroutine: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coroutine, 240))
 
 
+def test_one_worker_lost_error_type_for_all_backends() -> None:
+    assert rhapsody_dask.WorkerLostError is rhapsody.WorkerLostError
 
 
-def test_worker_killed_mid_task_fails_the_task_saying_so(tmp_path: pathlib.Path) -> None:
+def test_worker_killed_mid_task_fails_the_task_naming_the_worker(tmp_path: pathlib.Path) -> None:
     pid_file = tmp_path / "worker.pid"
 
     async def body() -> None:
         async with Session(backends=[DaskBackend(n_workers=2, threads_per_worker=1)]) as session:
-            task = ComputeTask(function=write_pid_and_sleep, args=(str(pid_file),))
+            task = ComputeTask(function=write_pid_and_sleep, args=(str(pid_file),), retries=0)
             [future] = await session.submit_tasks([task])
             while not pid_file.exists() or not pid_file.read_text():
                 await asyncio.sleep(0.05)
             worker_pid = int(pid_file.read_text())
             assert worker_pid != os.getpid()
             os.kill(worker_pid, signal.SIGKILL)
-            with pytest.raises(WorkerLostError, match="was lost"):
+            with pytest.raises(rhapsody.WorkerLostError, match=r"its worker \(tcp://"):
                 await future
-            assert task.state == "FAILED"
+            assert (task.state, task.retried) == ("FAILED", 0)
             assert task.exception.uid == task.uid
-            assert task.exception.worker and task.exception.worker.startswith("tcp://")
+            assert task.exception.worker.startswith("tcp://")
+            assert type(task.exception.__cause__).__name__ == "KilledWorker"
             # The nanny restarts the worker: the backend keeps working.
             after = [ComputeTask(function=pow, args=(2, i)) for i in range(10)]
             await session.submit_tasks(after)
@@ -68,35 +84,68 @@ def test_worker_killed_mid_task_fails_the_task_saying_so(tmp_path: pathlib.Path)
     run(body())
 
 
-def test_task_that_asked_for_retries_runs_again_after_worker_loss(tmp_path: pathlib.Path) -> None:
+def test_task_whose_worker_dies_once_is_run_again_by_the_session(tmp_path: pathlib.Path) -> None:
     marker = tmp_path / "attempts"
 
     async def body() -> None:
         async with Session(backends=[DaskBackend(n_workers=2, threads_per_worker=1)]) as session:
-            task = ComputeTask(function=die_first_time, args=(str(marker),),
-                               task_backend_specific_kwargs={"retries": 1})
+            task = ComputeTask(function=die_first_time, args=(str(marker),))  # default retries=3
             [future] = await session.submit_tasks([task])
             assert await future is task
-            assert (task.state, task.return_value) == ("DONE", "survived")
+            assert (task.state, task.return_value, task.retried) == ("DONE", "survived", 1)
             pids = marker.read_text().split()
             assert len(pids) == 2 and pids[0] != pids[1]  # a second worker process ran it
 
     run(body())
 
 
-def test_retries_run_out_then_the_task_fails(tmp_path: pathlib.Path) -> None:
+def test_task_that_keeps_killing_workers_fails_and_the_run_goes_on(tmp_path: pathlib.Path) -> None:
     marker = tmp_path / "attempts"
 
     async def body() -> None:
         async with Session(backends=[DaskBackend(n_workers=2, threads_per_worker=1)]) as session:
-            task = ComputeTask(function=always_die, args=(str(marker),),
-                               task_backend_specific_kwargs={"retries": 2})
-            await session.submit_tasks([task])
-            await session.wait_tasks([task])
-            assert task.state == "FAILED"
-            assert isinstance(task.exception, WorkerLostError)
-            # The first run and up to two retries: on a loaded machine a retry can land on a
-            # worker that is itself being lost, which counts as an attempt without running.
-            assert 2 <= len(marker.read_text().split()) <= 3
+            # The killer dies at most retries + 1 = 3 times. A healthy task queued on a worker it
+            # kills is lost with it, so at most 3 times too: its default 3 retries always cover
+            # that, and every healthy task must end DONE.
+            killer = ComputeTask(function=always_die, args=(str(marker),), retries=2)
+            tasks = [ComputeTask(function=healthy, args=(i,)) for i in range(50)]
+            await session.submit_tasks([*tasks[:25], killer, *tasks[25:]])
+            await session.wait_tasks([killer, *tasks])
+            assert killer.state == "FAILED"
+            assert isinstance(killer.exception, WorkerLostError)
+            assert killer.exception.worker.startswith("tcp://")
+            assert killer.retried == 2
+            # The session's re-runs were the only ones (allowed-failures = 0): never multiplied.
+            assert 1 <= len(marker.read_text().split()) <= 3
+            assert [(t.state, t.exception) for t in tasks] == [("DONE", None)] * 50
+            assert [t.return_value for t in tasks] == [i * i for i in range(50)]
+
+    run(body())
+
+
+def test_on_a_given_cluster_dask_retries_count_and_are_not_multiplied(tmp_path: pathlib.Path) -> None:
+    marker = tmp_path / "attempts"
+
+    async def body() -> None:
+        # Dask's own policy on a cluster the backend is given: each lost worker re-runs the
+        # task, up to allowed-failures (1 here) times, before KilledWorker.
+        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+            cluster = distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+        try:
+            async with Session(backends=[DaskBackend(cluster=cluster)]) as session:
+                killer = ComputeTask(function=always_die, args=(str(marker),), retries=1)
+                tasks = [ComputeTask(function=healthy, args=(i,)) for i in range(50)]
+                await session.submit_tasks([*tasks[:25], killer, *tasks[25:]])
+                await session.wait_tasks([killer, *tasks])
+                assert killer.state == "FAILED"
+                assert isinstance(killer.exception, WorkerLostError)
+                assert killer.exception.worker.startswith("tcp://")
+                # Dask's one re-run is counted: retries=1 is used up, the session adds none.
+                assert killer.retried == 1
+                assert 1 <= len(marker.read_text().split()) <= 2
+                assert [t.state for t in tasks] == ["DONE"] * 50
+        finally:
+            await asyncio.get_running_loop().run_in_executor(None, cluster.close, 30)
 
     run(body())

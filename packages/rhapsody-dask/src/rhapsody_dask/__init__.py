@@ -9,6 +9,6 @@ Importing this package never imports Dask; the backend does that when it is init
 from __future__ import annotations
 
 from .backend import DaskBackend
-from .errors import UnsatisfiableResourcesError, WorkerLostError
+from .errors import TaskLoadError, UnsatisfiableResourcesError, WorkerLostError
 
-__all__ = ["DaskBackend", "UnsatisfiableResourcesError", "WorkerLostError"]
+__all__ = ["DaskBackend", "TaskLoadError", "UnsatisfiableResourcesError", "WorkerLostError"]

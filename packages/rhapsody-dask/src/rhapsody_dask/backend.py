@@ -21,6 +21,7 @@ import asyncio
 import inspect
 import logging
 import os
+import pickle
 import queue
 import shlex
 import signal
@@ -28,14 +29,15 @@ import subprocess
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from rhapsody import BaseBackend, TaskState
+from rhapsody import BaseBackend, TaskState, WorkerLostError
 from rhapsody.backend import check_process_options
 from rhapsody.task import Task
 
-from .errors import UnsatisfiableResourcesError, WorkerLostError
+from .errors import TaskLoadError, UnsatisfiableResourcesError
 from .resources import check_resources, why_unsatisfiable
 
 if TYPE_CHECKING:
@@ -54,6 +56,10 @@ _BIG_BATCH = 1024
 _BATCH_PATIENCE_S = 0.1
 _STREAM_GAP_S = 0.5
 _KILL_GRACE_S = 3.0
+# Where the backend's own scheduler serves Dask's HTTP routes (health, metrics) when the dashboard
+# is off: LocalCluster(dashboard_address=None) would still bind them to port 8787.
+_NO_DASHBOARD_ADDRESS = "127.0.0.1:0"
+_LOADED_LIMIT = 256
 
 
 class DaskBackend(BaseBackend):
@@ -75,15 +81,18 @@ class DaskBackend(BaseBackend):
         close_timeout: seconds each step of shutdown (client, cluster) may take.
 
     Per task, ``task_backend_specific_kwargs`` may hold ``resources`` (dict, routes the task to
-    workers advertising them), ``retries`` (int: Dask re-runs a task that raised up to this many
-    times, and the backend resubmits it up to this many times after its worker was lost),
-    ``priority`` (int, Dask's priority) and, for executables, ``cwd``, ``env`` (the whole
-    environment of the process) and ``shell``.
+    workers advertising them), ``priority`` (int, Dask's priority) and, for executables, ``cwd``,
+    ``env`` (the whole environment of the process) and ``shell``. ``retries`` (int) is deprecated:
+    it is applied as ``ComputeTask(retries=n, retry_exceptions=True)``.
 
-    The backend's own cluster is started with ``distributed.scheduler.allowed-failures = 0``, so a
-    task whose worker is lost fails at once with :class:`WorkerLostError` (or is retried when it
-    asked for ``retries``). An injected cluster keeps its own policy: Dask first re-runs such a
-    task on other workers up to its ``allowed-failures``.
+    A task whose worker is lost is reported ``FAILED`` with :class:`rhapsody.WorkerLostError`
+    naming the worker, and the session runs it again up to ``task.retries``. The backend's own
+    cluster is started with ``distributed.scheduler.allowed-failures = 0`` so that the session's
+    count is the only one. An injected cluster keeps its own policy: Dask first re-runs such a
+    task up to its ``allowed-failures``, and those re-runs count in ``task.retried``.
+
+    The backend's own cluster serves no dashboard unless ``cluster_options`` gives a
+    ``dashboard_address`` (e.g. ``":8787"``).
 
     Raises:
         ValueError: both ``cluster`` and ``client``, a ``LocalCluster`` option together with one of
@@ -151,7 +160,6 @@ class DaskBackend(BaseBackend):
         self._live: dict[str, tuple[Task, Future]] = {}  # dask key -> (task, future)
         self._key_of: dict[str, str] = {}  # task uid -> its current dask key
         self._stopping = False
-        self._retries_left: dict[str, int] = {}  # uid -> resubmissions left after worker loss
         self._restricted: dict[str, dict[str, float]] = {}  # dask key -> resources asked
         self._unsatisfiable_since: dict[str, float] = {}
         self._workers_cache: tuple[float, list[dict[str, float]]] | None = None
@@ -161,6 +169,8 @@ class DaskBackend(BaseBackend):
         self._collector: threading.Thread | None = None
         self._killed_worker: type[BaseException] | None = None
         self._direct_gather: bool | None = None
+        self._dashboard = True  # False only for the own cluster started without one
+        self._dumps: Any = None
 
     @classmethod
     def check_available(cls) -> None:
@@ -189,15 +199,19 @@ class DaskBackend(BaseBackend):
 
     @property
     def dashboard_link(self) -> str | None:
-        """The Dask dashboard URL, when the cluster serves one."""
-        return getattr(self._client, "dashboard_link", None) if self._client else None
+        """The Dask dashboard URL, when the cluster serves one (``None`` otherwise)."""
+        if self._client is None or not self._dashboard:
+            return None
+        return getattr(self._client, "dashboard_link", None)
 
     async def _initialize(self) -> None:
         import dask
         import distributed
+        from distributed.protocol.pickle import dumps
         from distributed.scheduler import KilledWorker
 
         self._killed_worker = KilledWorker
+        self._dumps = dumps
 
         def connect() -> None:
             if self._given_client is not None:
@@ -211,6 +225,14 @@ class DaskBackend(BaseBackend):
                 for unset in ("n_workers", "resources"):
                     if options.get(unset) is None:
                         options.pop(unset, None)
+                if options.get("dashboard_address") is None:
+                    # LocalCluster(dashboard_address=None) only leaves the dashboard pages out:
+                    # its scheduler still listens on 8787. Its HTTP routes go to a free loopback
+                    # port instead, without the dashboard.
+                    options["dashboard_address"] = _NO_DASHBOARD_ADDRESS
+                    options["scheduler_kwargs"] = {
+                        **dict(options.get("scheduler_kwargs") or {}), "dashboard": False}
+                    self._dashboard = False
                 # The scheduler reads this once, at start: a lost worker fails its tasks at once.
                 with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
                     cluster = distributed.LocalCluster(**options)
@@ -244,6 +266,7 @@ class DaskBackend(BaseBackend):
         if self._stopping:
             raise RuntimeError("dask: the backend is shutting down")
         plans = [_plan(task) for task in tasks]  # raises before anything is submitted
+        _apply_deprecated_retries(tasks)
         failed: list[tuple[Task, str]] = []
         if any(plan[1] for plan in plans):
             plans = await self._drop_unsatisfiable(tasks, plans, failed)
@@ -252,6 +275,11 @@ class DaskBackend(BaseBackend):
             if group is None:
                 continue
             key = f"{_key_prefix(task)}-{self._salt}-{task['uid']}"
+            attempt = task.get("retried", 0)
+            if attempt:
+                # The session runs a failed task again through submit_tasks: Dask must see a new
+                # key, or it would hand back the failed attempt's future (or its released key).
+                key += f"-r{attempt}"
             members = groups.get(group)
             if members is None:
                 groups[group] = [(task, key)]
@@ -260,9 +288,6 @@ class DaskBackend(BaseBackend):
             if resources:
                 with self._lock:
                     self._restricted[key] = resources
-            retries = task["task_backend_specific_kwargs"].get("retries")
-            if retries:
-                self._retries_left[task["uid"]] = retries
         for group, members in groups.items():
             try:
                 self._map(group, members)
@@ -278,12 +303,12 @@ class DaskBackend(BaseBackend):
                         failed.append((task, _FAILED))
         if failed:
             self.report(failed)
-        if self._restricted and self._watcher is None:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch_resources())
+        if self._watcher is None and self._needs_watch():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_workers())
 
     def _map(self, group: tuple[Any, ...], members: list[tuple[Task, str]]) -> None:
         """Hand one group of tasks with identical Dask options to Dask as one graph."""
-        kind, resources, retries, priority = group
+        kind, resources, priority = group
         keys = [key for _, key in members]
         tasks = [task for task, _ in members]
         if kind == "executable":
@@ -297,18 +322,29 @@ class DaskBackend(BaseBackend):
                 [t["timeout"] for t in tasks],
             ]
             runner: Any = run_executable
-        elif kind == "async":
-            columns = [[t["function"] for t in tasks], [t["args"] for t in tasks],
-                       [t["kwargs"] for t in tasks], [t["timeout"] for t in tasks]]
-            runner = call_async
         else:
-            columns = [[t["function"] for t in tasks], [t["args"] for t in tasks],
-                       [t["kwargs"] for t in tasks]]
-            runner = call
+            # Pickled here, unpickled by the task itself: a worker that cannot unpickle what Dask
+            # sends it (a function of a module only this process has) drops its connection and
+            # closes for good, with its nanny, which fails its tasks and strands every later one.
+            # Unpickled inside the task, it fails that task alone, with TaskLoadError.
+            dumps = self._dumps
+            blobs: dict[int, bytes] = {}
+            functions = []
+            for t in tasks:
+                function = t["function"]
+                blob = blobs.get(id(function))
+                if blob is None:
+                    blob = blobs[id(function)] = dumps(function)
+                functions.append(blob)
+            columns = [functions, [_pack_arguments(t["args"], t["kwargs"]) for t in tasks]]
+            if kind == "async":
+                columns.append([t["timeout"] for t in tasks])
+                runner = call_async
+            else:
+                runner = call
         futures = self.client.map(
             runner, *columns, key=keys, pure=False,
-            resources=dict(resources) if resources else None,
-            retries=retries, priority=priority or 0,
+            resources=dict(resources) if resources else None, priority=priority or 0,
         )
         with self._lock:
             live, key_of = self._live, self._key_of
@@ -380,10 +416,19 @@ class DaskBackend(BaseBackend):
         finished: list[tuple[Task, Future]] = []
         erred: list[tuple[Task, Future]] = []
         updates: list[tuple[Task, str]] = []
+        again: list[Future] = []
         with self._lock:
             live_pop, key_of, restricted = self._live.pop, self._key_of, self._restricted
             for future in batch:
                 key: str = future.key  # type: ignore[assignment]  # the backend's own str keys
+                status = future.status
+                if status in ("lost", "pending"):
+                    # It finished, then its result was lost with its worker before we fetched
+                    # it: Dask computes it again (the future is still held), so it is watched
+                    # again rather than failed.
+                    if key in self._live:
+                        again.append(future)
+                    continue
                 entry = live_pop(key, None)
                 if restricted:
                     restricted.pop(key, None)
@@ -393,7 +438,6 @@ class DaskBackend(BaseBackend):
                 task = entry[0]
                 if key_of.get(task["uid"]) == key:
                     del key_of[task["uid"]]
-                status = future.status
                 if status == "finished":
                     finished.append(entry)
                 elif status == "error":
@@ -405,34 +449,26 @@ class DaskBackend(BaseBackend):
                         "client went away) before it ended"
                     )
                     updates.append((task, _FAILED))
-        resubmit: list[Task] = []
         try:
-            self._settle(finished, erred, updates, resubmit)
+            self._settle(finished, erred, updates)
         except BaseException as exc:  # noqa: BLE001 - never lose a task of the batch
-            settled = {id(task) for task, _ in updates} | {id(task) for task in resubmit}
+            settled = {id(task) for task, _ in updates}
             for task, _ in [*finished, *erred]:
                 if id(task) not in settled:
                     task["exception"] = exc
                     updates.append((task, _FAILED))
-        for task, _ in updates:
-            self._retries_left.pop(task["uid"], None)
         if updates:
             self.report(updates)
-        for task in resubmit:
-            try:
-                self._resubmit(task)
-            except Exception as exc:  # noqa: BLE001 - the retry could not be handed to Dask
-                task["exception"] = exc
-                self.report([(task, _FAILED)])
+        if again:
+            self._on_client_loop(self._watch, again)
 
     def _settle(
         self,
         finished: list[tuple[Task, Future]],
         erred: list[tuple[Task, Future]],
         updates: list[tuple[Task, str]],
-        resubmit: list[Task],
     ) -> None:
-        """Fill the result fields of ended tasks; collect their updates and the retries."""
+        """Fill the result fields of ended tasks; collect their updates."""
         if finished:
             futures = [future for _, future in finished]
             try:
@@ -454,14 +490,14 @@ class DaskBackend(BaseBackend):
             except BaseException as exc:  # noqa: BLE001 - the exception itself could not arrive
                 error = exc
             if self._killed_worker is not None and isinstance(error, self._killed_worker):
-                uid = task["uid"]
-                left = self._retries_left.get(uid, 0)
-                if left > 0 and not self._stopping:
-                    self._retries_left[uid] = left - 1
-                    resubmit.append(task)
-                    continue
-                lost = WorkerLostError(uid, _last_worker(error))
+                lost = WorkerLostError(task["uid"], worker=_last_worker(error))
                 lost.__cause__ = error
+                # Dask already ran it again on other workers this many times (a cluster given
+                # with its own allowed-failures): they count as the session's re-runs, so that
+                # the attempts add up instead of multiplying.
+                rerun_by_dask = getattr(error, "allowed_failures", 0)
+                if isinstance(rerun_by_dask, int) and rerun_by_dask > 0:
+                    task["retried"] = task.get("retried", 0) + rerun_by_dask
                 error = lost
             if task["function"] is None:
                 task["stderr"] = f"{type(error).__name__}: {error}"
@@ -473,17 +509,6 @@ class DaskBackend(BaseBackend):
         with self._lock:
             self._restricted.pop(key, None)
             self._unsatisfiable_since.pop(key, None)
-        self._retries_left.pop(task["uid"], None)
-
-    def _resubmit(self, task: Task) -> None:
-        """Run a task whose worker was lost again, under a fresh Dask key."""
-        group, resources = _plan(task)
-        attempt = task["task_backend_specific_kwargs"]["retries"] - self._retries_left[task["uid"]]
-        key = f"{_key_prefix(task)}-{self._salt}-{task['uid']}-r{attempt}"
-        if resources:
-            with self._lock:
-                self._restricted[key] = resources
-        self._map(group, [(task, key)])  # type: ignore[arg-type]
 
     # -- resources ---------------------------------------------------------------------------
 
@@ -516,21 +541,33 @@ class DaskBackend(BaseBackend):
             kept.append(plan)
         return kept
 
-    async def _watch_resources(self) -> None:
+    def _needs_watch(self) -> bool:
+        # The own cluster is watched for losing every worker: a worker that closes itself (rather
+        # than dying) takes its nanny along, nothing starts it again, and queued tasks would wait
+        # forever. On a given cluster no worker may be normal (adaptive scaling, a batch queue).
+        return bool(self._restricted) or (self._own_cluster is not None and bool(self._live))
+
+    async def _watch_workers(self) -> None:
         """Fail tasks whose every capable worker left and did not come back in time."""
+        workerless_since: float | None = None
         try:
-            while self._restricted and not self._stopping:
+            while self._needs_watch() and not self._stopping:
                 await asyncio.sleep(_RESOURCE_POLL_S)
                 with self._lock:
                     asked = dict(self._restricted)
-                if not asked:
-                    break
                 try:
                     workers = await self._worker_resources(fresh=True)
                 except Exception:  # noqa: BLE001 - scheduler briefly unreachable: look again later
                     continue
                 now = time.monotonic()
                 expired: list[tuple[Task, Future]] = []
+                if workers or self._own_cluster is None:
+                    workerless_since = None
+                elif workerless_since is None:
+                    workerless_since = now
+                elif now - workerless_since >= self._unsatisfiable_timeout:
+                    expired = self._fail_all_waiting(now - workerless_since)
+                    asked = {}
                 since = self._unsatisfiable_since
                 with self._lock:
                     for key, resources in asked.items():
@@ -544,7 +581,6 @@ class DaskBackend(BaseBackend):
                         task, future = self._live.pop(key)
                         self._key_of.pop(task["uid"], None)
                         self._restricted.pop(key, None)
-                        self._retries_left.pop(task["uid"], None)
                         since.pop(key, None)
                         task["exception"] = UnsatisfiableResourcesError(
                             task["uid"], resources, why[0],
@@ -557,6 +593,21 @@ class DaskBackend(BaseBackend):
         finally:
             self._watcher = None
 
+    def _fail_all_waiting(self, waited: float) -> list[tuple[Task, Future]]:
+        with self._lock:
+            entries = list(self._live.values())
+            self._live.clear()
+            self._key_of.clear()
+            self._restricted.clear()
+            self._unsatisfiable_since.clear()
+        for task, _ in entries:
+            task["exception"] = RuntimeError(
+                f"task {task['uid']}: the backend's Dask LocalCluster has had no worker for "
+                f"{waited:.0f} s (its workers closed and were not restarted; their log above "
+                "says why), so the task could not run"
+            )
+        return entries
+
     # -- cancel and shutdown -----------------------------------------------------------------
 
     async def cancel_task(self, task: Task) -> bool:
@@ -567,7 +618,6 @@ class DaskBackend(BaseBackend):
                 self._restricted.pop(key, None)
         if entry is None:
             return False
-        self._retries_left.pop(task["uid"], None)
         # Reported first: whatever the future does next, the collector no longer owns the task.
         self.report([(task, _CANCELED)])
         await self._cancel_futures([entry[1]])
@@ -649,7 +699,7 @@ def _plan(task: Task) -> tuple[tuple[Any, ...], dict[str, float] | None]:
                 f"task {uid}: Dask cannot interrupt a running sync function, so timeout= works "
                 "only for async functions and executables"
             )
-    resources = retries = priority = None
+    resources = priority = None
     if options:
         allowed = _EXECUTABLE_OPTIONS if executable else _DASK_OPTIONS
         unknown = set(options) - allowed
@@ -664,13 +714,57 @@ def _plan(task: Task) -> tuple[tuple[Any, ...], dict[str, float] | None]:
             value = options.get(label)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"task {uid}: {label} must be an integer, got {value!r}")
-        retries, priority = options.get("retries"), options.get("priority")
-        if retries is not None and retries < 0:
-            raise ValueError(f"task {uid}: retries must be >= 0, got {retries!r}")
+        priority = options.get("priority")
+        retries = options.get("retries")
+        if retries is not None:
+            if retries < 0:
+                raise ValueError(f"task {uid}: retries must be >= 0, got {retries!r}")
+            # Given explicitly (dict.get: not the defaults) and otherwise, the task would say two
+            # different things; the same values are what an earlier submit of this task set.
+            asked = dict.get(task, "retries", retries), dict.get(task, "retry_exceptions", True)
+            if asked != (retries, True):
+                raise ValueError(
+                    f"task {uid}: task_backend_specific_kwargs retries={retries} (deprecated) "
+                    "conflicts with the task's own retries/retry_exceptions; give only "
+                    "ComputeTask(retries=..., retry_exceptions=...)"
+                )
         if executable:
             check_process_options(uid, options)
     frozen = tuple(sorted(resources.items())) if resources else None
-    return (kind, frozen, retries or None, priority), resources
+    return (kind, frozen, priority), resources
+
+
+def _apply_deprecated_retries(tasks: Sequence[Task]) -> None:
+    """``task_backend_specific_kwargs["retries"] = n`` becomes the session's own retry policy.
+
+    It used to mean both Dask's ``retries=`` (re-run a task that raised) and a resubmission after
+    a lost worker, each up to n times: now one count, kept by the session, as
+    ``ComputeTask(retries=n, retry_exceptions=True)``. Passing it to Dask as well would multiply
+    the attempts (each session re-run would get n more from Dask).
+    """
+    for task in tasks:
+        options = task["task_backend_specific_kwargs"]
+        retries = options.get("retries") if options else None
+        if retries is None:
+            continue
+        if not dict.__contains__(task, "retry_exceptions"):
+            warnings.warn(
+                "rhapsody-dask: task_backend_specific_kwargs['retries'] is deprecated; write "
+                f"ComputeTask(retries={retries}, retry_exceptions=True) (task {task['uid']})",
+                DeprecationWarning, stacklevel=4,
+            )
+        task["retries"] = retries
+        task["retry_exceptions"] = True
+
+
+def _pack_arguments(args: Any, kwargs: Any) -> bytes | None:
+    # cloudpickle, not pickle: a class of a module registered to be pickled by value (a workload
+    # file run by path) must travel by value inside the arguments too.
+    if not args and not kwargs:
+        return None
+    import cloudpickle
+
+    return cloudpickle.dumps((tuple(args), dict(kwargs)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _key_prefix(task: Task) -> str:
@@ -724,15 +818,43 @@ def _last_worker(error: BaseException) -> str | None:
 # be installed wherever the workers run (like any library the tasks themselves import).
 
 
-def call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+# Unpickled functions by their pickle: a map of one function sends every task the same bytes.
+_loaded: dict[bytes, Any] = {}
+
+
+def _load(function_blob: bytes, arguments_blob: bytes | None) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """The task's function and arguments, as the client pickled them.
+
+    Raises:
+        TaskLoadError: they cannot be unpickled here (e.g. a module only the client has).
+    """
+    function = _loaded.get(function_blob)
+    if function is None:
+        try:
+            function = pickle.loads(function_blob)
+        except Exception as exc:
+            raise TaskLoadError("function", f"{type(exc).__name__}: {exc}") from exc
+        if len(_loaded) >= _LOADED_LIMIT:
+            _loaded.clear()
+        _loaded[function_blob] = function
+    if arguments_blob is None:
+        return function, (), {}
+    try:
+        args, kwargs = pickle.loads(arguments_blob)
+    except Exception as exc:
+        raise TaskLoadError("arguments", f"{type(exc).__name__}: {exc}") from exc
+    return function, args, kwargs
+
+
+def call(function_blob: bytes, arguments_blob: bytes | None) -> Any:
     """Run a sync function task in a worker thread."""
+    function, args, kwargs = _load(function_blob, arguments_blob)
     return function(*args, **kwargs)
 
 
-async def call_async(
-    function: Any, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
-) -> Any:
+async def call_async(function_blob: bytes, arguments_blob: bytes | None, timeout: float | None) -> Any:
     """Run an ``async`` function task on the worker's event loop (as Dask runs coroutines)."""
+    function, args, kwargs = _load(function_blob, arguments_blob)
     if timeout is None:
         return await function(*args, **kwargs)
     try:

@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+# One type for every backend: ``except rhapsody.WorkerLostError`` and
+# ``except rhapsody_dask.WorkerLostError`` catch the same failures, and the session re-runs it.
+from rhapsody.errors import WorkerLostError
 
-class WorkerLostError(RuntimeError):
-    """The Dask worker running the task died or was killed before the task ended.
+__all__ = ["TaskLoadError", "UnsatisfiableResourcesError", "WorkerLostError"]
+
+
+class TaskLoadError(RuntimeError):
+    """A Dask worker could not unpickle a task's function or arguments.
+
+    Typically the function (or a class of an argument) lives in a module that exists only in the
+    client process, such as a script run by path: workers import functions by module name.
 
     Attributes:
-        uid: the task's uid.
-        worker: the address of the last worker that was lost, when Dask reported it.
+        part: ``"function"`` or ``"arguments"``.
+        reason: the unpickling error, as ``"ModuleNotFoundError: No module named 'x'"``.
     """
 
-    def __init__(self, uid: str, worker: str | None = None) -> None:
-        self.uid = uid
-        self.worker = worker
-        where = f" {worker}" if worker else ""
+    def __init__(self, part: str, reason: str) -> None:
+        self.part = part
+        self.reason = reason
         super().__init__(
-            f"task {uid}: the Dask worker{where} running it was lost (it died or was killed) "
-            "before the task ended"
+            f"the Dask worker could not load the task's {part}: {reason}. Workers import a "
+            "function or class by its module name: install that module where the workers run, "
+            "or have it pickled by value (cloudpickle.register_pickle_by_value(module))"
         )
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.uid, self.worker))
+        return (type(self), (self.part, self.reason))
 
 
 class UnsatisfiableResourcesError(RuntimeError):
