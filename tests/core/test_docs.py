@@ -11,7 +11,8 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-DOCS = [ROOT / "README.md", ROOT / "docs" / "getting-started.md", ROOT / "docs" / "writing-a-backend.md"]
+DOCS = [ROOT / "README.md", ROOT / "docs" / "getting-started.md", ROOT / "docs" / "writing-a-backend.md",
+        ROOT / "docs" / "fault-tolerance.md"]
 
 
 def runnable_blocks() -> list[tuple[str, str]]:
@@ -46,3 +47,14 @@ def test_wait_modes_example_output() -> None:
     assert lines[0] == "['DONE', 'DONE', 'DONE', 'FAILED', 'DONE', 'FAILED']"
     assert lines[1] == "task 3: bad input 3"
     assert lines[2] == "2 oops"
+
+
+def test_fault_tolerance_examples_print_what_the_page_says() -> None:
+    page = (ROOT / "docs" / "fault-tolerance.md").read_text()
+    lost, flaky = (code for where, code in runnable_blocks() if where.startswith("fault-tolerance"))
+    result = subprocess.run([sys.executable, "-c", lost], capture_output=True, text=True, timeout=120)
+    printed = result.stdout.strip()
+    assert printed and f"prints\n\n```\n{printed}\n```" in page, result.stderr
+    result = subprocess.run([sys.executable, "-c", flaky], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "written after 2 retries", result.stderr
+    assert "prints `written after 2 retries`" in page
