@@ -21,6 +21,10 @@ class TestRadicalConformance(BackendConformance):
     # The local pilot has 8 (virtual) cores, 2 of them used by Raptor: 16 two-second sleeps keep
     # the next task queued for several seconds.
     queue_fill = 16
+    unsupported = {
+        "orphans": "RP launches the program itself and leaves whatever the program started in "
+                   "the background once it has exited",
+    }
 
     def make_backend(self, request: pytest.FixtureRequest) -> BaseBackend:
         return RadicalBackend(pilot=request.getfixturevalue("rp_pilot"))

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import rhapsody
-from rhapsody import ComputeTask, Session, TaskExecutionError
+from rhapsody import ComputeTask, Session, TaskExecutionError, WorkerLostError
 from rhapsody.testing import workloads
 from rhapsody_radical import RadicalBackend
 
@@ -192,19 +192,21 @@ def test_cancel_function_task(session: Session, loop: asyncio.AbstractEventLoop)
     assert after.return_value == 25
 
 
-@pytest.mark.parametrize(("ending", "said"), [
-    ("exit", "exited with code 3"),
-    ("signal", "was killed by signal 9"),
+@pytest.mark.parametrize(("ending", "code", "said"), [
+    ("exit", 3, "exited with code 3"),
+    ("signal", -9, "was killed by signal 9 (SIGKILL)"),
 ])
 def test_function_that_ends_its_process_fails_and_frees_the_worker(
-        session: Session, loop: asyncio.AbstractEventLoop, ending: str, said: str) -> None:
+        session: Session, loop: asyncio.AbstractEventLoop, ending: str, code: int, said: str) -> None:
     # Lambdas travel by value: the worker needs no test module to run them.
     end = (lambda: os._exit(3)) if ending == "exit" else (lambda: os.kill(os.getpid(), signal.SIGKILL))
-    crashed = ComputeTask(function=end)
+    crashed = ComputeTask(function=end, retries=0)
     run(loop, finish(session, crashed))
     assert crashed.state == "FAILED"
-    assert isinstance(crashed.exception, RuntimeError)
-    assert f"the process running the function {said} before the function returned" in str(crashed.exception)
+    # The call's process died: its worker was lost, which the session could retry.
+    assert isinstance(crashed.exception, WorkerLostError)
+    assert (crashed.exception.uid, crashed.exception.exit_code) == (crashed.uid, code)
+    assert f"its worker (Raptor call process) {said} before the task ended" in str(crashed.exception)
     # The worker's core was given back: the next call runs.
     after = ComputeTask(function=workloads.square, args=(6,))
     run(loop, finish(session, after))

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rhapsody import BaseBackend, TaskExecutionError, TaskState
+from rhapsody import BaseBackend, TaskExecutionError, TaskState, WorkerLostError
 from rhapsody.task import Task
 
 from . import functions
@@ -624,7 +624,11 @@ class RadicalBackend(BaseBackend):
         # FAILED in RP: a non-zero exit keeps the process's own stderr; anything else (never
         # scheduled, pilot gone, Raptor error) carries RP's reason.
         reason = _rp_reason(rp_task)
-        if is_function:
+        lost = functions.lost_call_exit_code(reason) if is_function else None
+        if lost is not None:
+            # The call's process died (our Raptor worker says how): the task's worker was lost.
+            task["exception"] = WorkerLostError(task["uid"], "Raptor call process", lost)
+        elif is_function:
             task["exception"] = RuntimeError(
                 f"RADICAL-Pilot could not run function task {task['uid']}: {reason}")
         elif rp_task.exit_code is None:

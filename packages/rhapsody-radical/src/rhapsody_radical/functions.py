@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import pickle
+import re
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -93,3 +94,26 @@ def unpack_outcome(text: Any) -> tuple[bool, Any]:
     if kind == _RAISED:
         return False, payload
     raise ValueError(f"unknown packed outcome kind {kind!r}")
+
+
+# How our Raptor worker reports a call whose process died before the call returned, and how the
+# backend reads the exit status back from RP's exception text (RP carries text, not objects).
+_LOST_CALL = re.compile(r"the process running the function (?:exited with code (-?\d+)|was killed by signal (\d+))")
+
+
+def lost_call_message(exit_code: int | None) -> str:
+    """The failure a Raptor worker reports for a call whose process ended without an outcome."""
+    if exit_code is not None and exit_code < 0:
+        how = f"was killed by signal {-exit_code}"
+    else:
+        how = f"exited with code {exit_code}"
+    return f"the process running the function {how} before the function returned"
+
+
+def lost_call_exit_code(reason: str) -> int | None:
+    """The exit status in a :func:`lost_call_message` found in ``reason`` (negative: a signal)."""
+    found = _LOST_CALL.search(reason)
+    if found is None:
+        return None
+    code, signal_number = found.groups()
+    return int(code) if code is not None else -int(signal_number)

@@ -28,7 +28,7 @@ from typing import Any
 import cloudpickle  # noqa: F401 - preloaded for the forked calls
 import radical.pilot as rp
 
-from rhapsody_radical import functions  # noqa: F401 - preloaded for the forked calls
+from rhapsody_radical import functions  # also preloaded for the forked calls
 
 
 class RhapsodyWorker(rp.raptor.DefaultWorker):  # type: ignore[misc]
@@ -59,9 +59,7 @@ class RhapsodyWorker(rp.raptor.DefaultWorker):  # type: ignore[misc]
             outcome = None
         call.join()
         if outcome is None:
-            code = call.exitcode
-            how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-            message = f"the process running the function {how} before the function returned"
+            message = functions.lost_call_message(call.exitcode)
             outcome = (None, message, 1, None, [f"RuntimeError({message!r})", None])
         self._result_queue.put([task, *outcome])
         self._result_queue.close()
