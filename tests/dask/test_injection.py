@@ -58,11 +58,21 @@ def test_given_asynchronous_client_and_cluster_are_left_open() -> None:
             n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
             asynchronous=True,
         ) as cluster, distributed.Client(cluster, asynchronous=True) as client:
+            seen: list[Any] = []
+            client.subscribe_topic("all", seen.append)
             backend = DaskBackend(client=client)
             async with Session(backends=[backend]) as session:
                 await _run_some(session)
                 assert backend.client is client
             assert client.status == "running"
+            # The backend watched the client's events through the program's handler and gave
+            # the topic back to it.
+            await client.log_event("all", {"action": "rhapsody-test"})
+            for _ in range(300):
+                if any(event[1] == {"action": "rhapsody-test"} for event in seen):
+                    break
+                await asyncio.sleep(0.1)
+            assert any(event[1] == {"action": "rhapsody-test"} for event in seen)
             assert await client.submit(square, 5) == 25
 
             # An asynchronous cluster object works as cluster= too.

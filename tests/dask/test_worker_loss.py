@@ -138,6 +138,11 @@ def test_on_a_given_cluster_dask_retries_count_and_are_not_multiplied(tmp_path: 
                 tasks = [ComputeTask(function=healthy, args=(i,)) for i in range(50)]
                 await session.submit_tasks([*tasks[:25], killer, *tasks[25:]])
                 await session.wait_tasks([killer, *tasks])
+                # Dask re-runs a task that dies once by itself; the re-run is counted all the same.
+                once = ComputeTask(function=die_first_time, args=(str(tmp_path / "once"),))
+                await session.submit_tasks([once])
+                await session.wait_tasks([once])
+                assert (once.state, once.return_value, once.retried) == ("DONE", "survived", 1)
                 assert killer.state == "FAILED"
                 assert isinstance(killer.exception, WorkerLostError)
                 assert killer.exception.worker.startswith("tcp://")

@@ -77,7 +77,9 @@ class DaskBackend(BaseBackend):
         cluster_options: further keyword arguments for that ``LocalCluster``.
         unsatisfiable_timeout: seconds a submitted task that asks for resources may wait after
             the last worker able to supply them left (restarts, adaptive scaling) before it fails
-            with :class:`UnsatisfiableResourcesError`. At submit, such a task fails at once.
+            with :class:`UnsatisfiableResourcesError`. At submit, such a task fails at once. Also
+            how long the backend's own cluster may have no worker at all while tasks wait before
+            they fail (its workers closed for good).
         close_timeout: seconds each step of shutdown (client, cluster) may take.
 
     Per task, ``task_backend_specific_kwargs`` may hold ``resources`` (dict, routes the task to
@@ -171,6 +173,10 @@ class DaskBackend(BaseBackend):
         self._direct_gather: bool | None = None
         self._dashboard = True  # False only for the own cluster started without one
         self._dumps: Any = None
+        # Dask key -> how often a worker was lost while processing it (under _lock): Dask's own
+        # re-runs on a cluster with allowed-failures > 0, which it does not report otherwise.
+        self._lost_on: dict[str, int] = {}
+        self._previous_handler: Any = None
 
     @classmethod
     def check_available(cls) -> None:
@@ -255,6 +261,12 @@ class DaskBackend(BaseBackend):
             self._own_client = True
 
         await asyncio.get_running_loop().run_in_executor(None, connect)
+        client = self._client
+        assert client is not None
+        # A given client may already have a handler for this topic (one per topic): it is
+        # chained, and put back on close.
+        self._previous_handler = getattr(client, "_event_handlers", {}).get("all")
+        client.subscribe_topic("all", self._on_cluster_event)
         self._collector = threading.Thread(
             target=self._collect, name=f"rhapsody-dask-collect-{self._salt}", daemon=True
         )
@@ -374,6 +386,20 @@ class DaskBackend(BaseBackend):
             await state.wait()
         self._ended.put(future)
 
+    def _on_cluster_event(self, event: Any) -> Any:
+        """Count the unexpected worker losses each of our tasks went through (client's loop)."""
+        message = event[1] if isinstance(event, tuple) and len(event) == 2 else None
+        if isinstance(message, dict) and message.get("action") == "remove-worker" \
+                and not message.get("expected"):
+            keys = message.get("processing-tasks") or ()
+            with self._lock:
+                live, lost_on = self._live, self._lost_on
+                for key in keys:
+                    if key in live:
+                        lost_on[key] = lost_on.get(key, 0) + 1
+        previous = self._previous_handler
+        return previous(event) if previous is not None else None
+
     # -- completions (collector thread) ------------------------------------------------------
 
     def _collect(self) -> None:
@@ -417,8 +443,10 @@ class DaskBackend(BaseBackend):
         erred: list[tuple[Task, Future]] = []
         updates: list[tuple[Task, str]] = []
         again: list[Future] = []
+        lost_in_erred: dict[int, int] = {}
         with self._lock:
             live_pop, key_of, restricted = self._live.pop, self._key_of, self._restricted
+            lost_on = self._lost_on
             for future in batch:
                 key: str = future.key  # type: ignore[assignment]  # the backend's own str keys
                 status = future.status
@@ -438,9 +466,14 @@ class DaskBackend(BaseBackend):
                 task = entry[0]
                 if key_of.get(task["uid"]) == key:
                     del key_of[task["uid"]]
+                lost = lost_on.pop(key, 0) if lost_on else 0
                 if status == "finished":
+                    if lost:  # Dask ran it again on another worker that many times
+                        task["retried"] = task.get("retried", 0) + lost
                     finished.append(entry)
                 elif status == "error":
+                    if lost:
+                        lost_in_erred[id(task)] = lost
                     erred.append(entry)
                 else:
                     # Dask dropped the task without us asking (client or scheduler gone).
@@ -450,7 +483,7 @@ class DaskBackend(BaseBackend):
                     )
                     updates.append((task, _FAILED))
         try:
-            self._settle(finished, erred, updates)
+            self._settle(finished, erred, updates, lost_in_erred)
         except BaseException as exc:  # noqa: BLE001 - never lose a task of the batch
             settled = {id(task) for task, _ in updates}
             for task, _ in [*finished, *erred]:
@@ -467,8 +500,12 @@ class DaskBackend(BaseBackend):
         finished: list[tuple[Task, Future]],
         erred: list[tuple[Task, Future]],
         updates: list[tuple[Task, str]],
+        lost_in_erred: dict[int, int],
     ) -> None:
-        """Fill the result fields of ended tasks; collect their updates."""
+        """Fill the result fields of ended tasks; collect their updates.
+
+        ``lost_in_erred``: by ``id(task)``, the worker losses an erred task went through.
+        """
         if finished:
             futures = [future for _, future in finished]
             try:
@@ -495,10 +532,13 @@ class DaskBackend(BaseBackend):
                 # Dask already ran it again on other workers this many times (a cluster given
                 # with its own allowed-failures): they count as the session's re-runs, so that
                 # the attempts add up instead of multiplying.
+                # Exact, unlike the count of removal events, which may still be on their way.
                 rerun_by_dask = getattr(error, "allowed_failures", 0)
                 if isinstance(rerun_by_dask, int) and rerun_by_dask > 0:
                     task["retried"] = task.get("retried", 0) + rerun_by_dask
                 error = lost
+            elif id(task) in lost_in_erred:  # lost, run again by Dask, then it raised
+                task["retried"] = task.get("retried", 0) + lost_in_erred[id(task)]
             if task["function"] is None:
                 task["stderr"] = f"{type(error).__name__}: {error}"
             task["exception"] = error
@@ -579,6 +619,7 @@ class DaskBackend(BaseBackend):
                         if now - first < self._unsatisfiable_timeout or key not in self._live:
                             continue
                         task, future = self._live.pop(key)
+                        self._lost_on.pop(key, None)
                         self._key_of.pop(task["uid"], None)
                         self._restricted.pop(key, None)
                         since.pop(key, None)
@@ -600,6 +641,7 @@ class DaskBackend(BaseBackend):
             self._key_of.clear()
             self._restricted.clear()
             self._unsatisfiable_since.clear()
+            self._lost_on.clear()
         for task, _ in entries:
             task["exception"] = RuntimeError(
                 f"task {task['uid']}: the backend's Dask LocalCluster has had no worker for "
@@ -616,6 +658,7 @@ class DaskBackend(BaseBackend):
             entry = self._live.pop(key, None) if key is not None else None
             if key is not None:
                 self._restricted.pop(key, None)
+                self._lost_on.pop(key, None)
         if entry is None:
             return False
         # Reported first: whatever the future does next, the collector no longer owns the task.
@@ -639,6 +682,7 @@ class DaskBackend(BaseBackend):
             self._live.clear()
             self._key_of.clear()
             self._restricted.clear()
+            self._lost_on.clear()
         if entries:
             self.report([(task, _CANCELED) for task, _ in entries])
         loop = asyncio.get_running_loop()
@@ -672,6 +716,14 @@ class DaskBackend(BaseBackend):
 
     def _close_engine(self) -> None:
         client, cluster = self._client, self._own_cluster
+        if client is not None and not self._own_client:
+            try:  # leave the given client's event handlers as they were
+                if self._previous_handler is not None:
+                    client.subscribe_topic("all", self._previous_handler)
+                else:
+                    client.unsubscribe_topic("all")
+            except Exception:  # noqa: BLE001 - a client already closed has none to restore
+                pass
         try:
             if client is not None and self._own_client:
                 client.close(timeout=self._close_timeout)
@@ -894,7 +946,11 @@ def run_executable(
             out, err = process.communicate(timeout=wait)
             break
         except subprocess.TimeoutExpired:
-            if deadline is not None and time.monotonic() >= deadline:
+            if process.poll() is not None:
+                # The program ended, but something it started in the background still holds
+                # its output open: the task is over, and that process must not outlive it.
+                pass
+            elif deadline is not None and time.monotonic() >= deadline:
                 stopped = "timeout"
             elif cancelled():
                 stopped = "cancelled"
@@ -903,6 +959,8 @@ def run_executable(
         _kill_group(process)
         out, err = process.communicate()
         break
+    # Whatever the program left running in its group with its output redirected.
+    _kill_leftovers(process.pid)
     return (process.returncode, out.decode(errors="replace"), err.decode(errors="replace"), stopped)
 
 
@@ -927,6 +985,13 @@ def _cancel_probe(key: str) -> Any:
         return state is None or state.state in ("cancelled", "released", "forgotten")
 
     return cancelled
+
+
+def _kill_leftovers(group: int) -> None:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
