@@ -49,7 +49,8 @@ def test_start_outside_a_dragon_runtime_says_how_to_run() -> None:
 
 def test_submit_before_start_is_refused() -> None:
     task = rhapsody.ComputeTask(function=abs, args=(-1,))
-    with pytest.raises(RuntimeError, match="not started"):
+    # BaseBackend refuses a backend no session has bound, before Dragon's own "not started" check.
+    with pytest.raises(RuntimeError, match="not attached to a session"):
         asyncio.run(DragonBackend().submit_tasks([task]))
 
 

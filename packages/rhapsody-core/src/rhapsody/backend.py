@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
+import inspect
 import os
 import threading
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -41,6 +43,39 @@ def check_process_options(uid: str, options: Mapping[str, Any]) -> None:
         raise TypeError(f"task {uid}: shell must be True or False, got {shell!r}")
 
 
+def _refuse_until_bound(submit: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a subclass's own ``submit_tasks`` so that a backend no session has bound refuses it.
+
+    Without this the engine would run the tasks and then fail to report them (the report has
+    nowhere to go), leaving work done for nobody and an exception nobody retrieves. Every
+    subclass gets it from ``__init_subclass__``, third-party ones included, and it costs one
+    attribute test per call, not per task.
+    """
+
+    checked: Callable[..., Any]
+    if inspect.iscoroutinefunction(submit):
+        @functools.wraps(submit)
+        async def checked(self: BaseBackend, *args: Any, **kwargs: Any) -> Any:
+            if self._receiver is None:
+                raise RuntimeError(_unbound_message(self))
+            return await submit(self, *args, **kwargs)
+    else:
+        # A plain method returning an awaitable: refused when called, before it can start work.
+        @functools.wraps(submit)
+        def checked(self: BaseBackend, *args: Any, **kwargs: Any) -> Any:
+            if self._receiver is None:
+                raise RuntimeError(_unbound_message(self))
+            return submit(self, *args, **kwargs)
+
+    checked._rhapsody_unbound_check = True  # type: ignore[attr-defined]
+    return checked
+
+
+def _unbound_message(backend: BaseBackend) -> str:
+    return (f"backend {backend.name!r} is not attached to a session: give it to "
+            "Session(backends=[...]) and submit through the session")
+
+
 Update = tuple[Task, str]
 """One state change: the task (its result fields already filled) and its new state."""
 
@@ -62,10 +97,20 @@ class BaseBackend(abc.ABC):
     function that raised (the original exception object); ``stdout``, ``stderr`` (str) and
     ``exit_code`` for executables — and passes them to :meth:`report` with their new state, or,
     for a sweep of tasks that all reached one state, to :meth:`report_all`.
+
+    A backend runs tasks only for the session it was given to: until a session binds it, every
+    subclass's ``submit_tasks`` raises ``RuntimeError`` before its own code runs (the check is
+    added to each subclass when it is defined).
     """
 
     name: ClassVar[str]
     task_kinds: ClassVar[frozenset[str]] = frozenset({"function", "executable"})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("submit_tasks")
+        if callable(own) and not hasattr(own, "_rhapsody_unbound_check"):
+            cls.submit_tasks = _refuse_until_bound(own)  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         self._receiver: Receiver | None = None
@@ -106,6 +151,8 @@ class BaseBackend(abc.ABC):
         """Hand ``tasks`` to the engine and return without waiting for them to run.
 
         Raises:
+            RuntimeError: the backend is not attached to a session (raised before this method
+                runs; see the class docstring).
             ValueError, TypeError: a task carries options this backend cannot honour (the
                 message names the offending key). Raise before handing any task over: the
                 session then submits none of the call's tasks to this backend.
