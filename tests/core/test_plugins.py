@@ -8,9 +8,11 @@ with an ``entry_points.txt``: what ``pip install`` leaves behind).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -195,8 +197,10 @@ def test_empty_selection_loads_no_installed_plugin(site: pathlib.Path) -> None:
         # installed, but the selection leaves it out: say so rather than "pip install it"
         "backend 'tinyplug' is installed but not loaded: RHAPSODY_LOAD_PLUGINS='' does not name it "
         "(known: concurrent, noop)",
-        "no backend named 'tiny' is installed (known: concurrent, noop); install its distribution, "
-        "e.g. pip install rhapsody-tiny",
+        "no backend named 'tiny' is installed (known: concurrent, noop); rhapsody's own backends "
+        "come with rhapsody-dask (dask), rhapsody-dragon (dragon), rhapsody-radical (radical), "
+        "rhapsody-vllm (vllm), and other packages' backends register through the 'rhapsody' "
+        "entry-point group: install the one that provides it",
     ]
 
 
@@ -346,17 +350,65 @@ def test_builtins_are_registered_through_the_hook() -> None:
 
 
 def test_get_backend_unknown_name() -> None:
-    with pytest.raises(BackendUnavailableError, match=r"no backend named 'slurmy' is installed \(known: "
-                                                      r".*concurrent.*\); install its distribution, e.g. "
-                                                      r"pip install rhapsody-slurmy"):
+    # No made-up "pip install rhapsody-slurmy": the real distributions, and how plugins register.
+    with pytest.raises(BackendUnavailableError) as caught:
         rhapsody.get_backend("slurmy")
+    message = str(caught.value)
+    assert re.match(r"no backend named 'slurmy' is installed \(known: .*concurrent.*\); ", message)
+    assert "rhapsody-slurmy" not in message
+    assert ("rhapsody-dask (dask), rhapsody-dragon (dragon), rhapsody-radical (radical), "
+            "rhapsody-vllm (vllm)") in message
+    assert "register through the 'rhapsody' entry-point group" in message
+
+
+@pytest.mark.parametrize("name", ["dragon", "vllm"])
+def test_get_backend_names_the_distribution_of_a_known_backend(name: str) -> None:
+    if any(ep.name == name for ep in importlib.metadata.entry_points(group="rhapsody")):
+        pytest.skip(f"{name} is installed here")
+    with pytest.raises(BackendUnavailableError, match=(
+            rf"^no backend named '{name}' is installed \(known: .*\); it comes with the rhapsody-{name} "
+            rf"distribution: pip install rhapsody-{name} \(from a clone of rhapsody: pip install "
+            rf"\./packages/rhapsody-{name}\)$")):
+        rhapsody.get_backend(name)
 
 
 def test_get_backend_passes_options_and_rejects_unknown_ones() -> None:
     backend = rhapsody.get_backend("concurrent", max_workers=3)
     assert backend.executor._max_workers == 3  # type: ignore[attr-defined]
-    with pytest.raises(TypeError, match=r"unexpected keyword argument 'workers'"):
+    with pytest.raises(TypeError, match=r"^backend 'concurrent' \(ConcurrentBackend\) has no option "
+                                        r"'workers'; its options are: executor, max_workers, processes, "
+                                        r"max_subprocesses$"):
         rhapsody.get_backend("concurrent", workers=3)
+    with pytest.raises(TypeError, match=r"^backend 'noop' \(NoopBackend\) has no options 'a', 'b'; "
+                                        r"it takes no options$"):
+        rhapsody.get_backend("noop", a=1, b=2)
+
+
+def test_unknown_options_of_a_third_party_backend_are_named(registered: list[Any]) -> None:
+    class Tunable(backend_class("tunable")):  # type: ignore[misc]
+        def __init__(self, *, depth: int = 1, width: int = 1) -> None:
+            super().__init__()
+            if not isinstance(depth, int):
+                raise TypeError(f"tunable: depth must be an int, got {depth!r}")
+
+    register(registered, provider(Tunable), "tunable-provider")
+    with pytest.raises(TypeError, match=r"^backend 'tunable' \(Tunable\) has no option 'height'; its "
+                                        r"options are: depth, width$"):
+        rhapsody.get_backend("tunable", depth=2, height=3)
+    # A TypeError the constructor raises itself, for a valid option, keeps its own message.
+    with pytest.raises(TypeError, match=r"^tunable: depth must be an int, got 'deep'$"):
+        rhapsody.get_backend("tunable", depth="deep")
+
+
+def test_a_backend_taking_any_keyword_keeps_its_own_type_errors(registered: list[Any]) -> None:
+    class Open(backend_class("open-ended")):  # type: ignore[misc]
+        def __init__(self, **options: Any) -> None:
+            super().__init__()
+            raise TypeError(f"open-ended: no use for {sorted(options)}")
+
+    register(registered, provider(Open), "open-provider")
+    with pytest.raises(TypeError, match=r"^open-ended: no use for \['anything'\]$"):
+        rhapsody.get_backend("open-ended", anything=1)
 
 
 def test_runtime_plugin_with_an_unavailable_backend(registered: list[Any]) -> None:

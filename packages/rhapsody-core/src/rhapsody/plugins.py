@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import inspect
 import os
 import threading
 import warnings
@@ -27,6 +28,11 @@ from .backend import BaseBackend
 from .errors import BackendUnavailableError
 
 BUILTIN_PLUGINS = ("rhapsody.builtin.concurrent", "rhapsody.builtin.noop")
+
+# The distributions of this project that provide backends, by backend name: an error for a name
+# that is not installed suggests the right one, and never a made-up "rhapsody-<name>".
+KNOWN_DISTRIBUTIONS = {"dask": "rhapsody-dask", "dragon": "rhapsody-dragon",
+                       "radical": "rhapsody-radical", "vllm": "rhapsody-vllm"}
 
 pm = pluggy.PluginManager("rhapsody")
 pm.add_hookspecs(hookspecs)
@@ -251,7 +257,8 @@ def get_backend(name: str, **options: Any) -> BaseBackend:
     Raises:
         BackendUnavailableError: no installed backend has that name, or it cannot run here
             (the message carries the engine's own reason).
-        TypeError: an option the backend does not take.
+        TypeError: an option the backend does not take (the message names the backend and the
+            options it takes), or one of the wrong type.
     """
     found, conflicts = _backend_classes()
     info = found.get(name)
@@ -269,10 +276,7 @@ def get_backend(name: str, **options: Any) -> BaseBackend:
                 f"backend {name!r} is installed but not loaded: RHAPSODY_LOAD_PLUGINS="
                 f"{os.environ.get('RHAPSODY_LOAD_PLUGINS', '')!r} does not name it (known: {known})"
             )
-        raise BackendUnavailableError(
-            f"no backend named {name!r} is installed (known: {known}); install its distribution, "
-            f"e.g. pip install rhapsody-{name}"
-        )
+        raise BackendUnavailableError(_not_installed(name, known))
     if name in conflicts:
         raise BackendUnavailableError(conflicts[name])
     if info.backend_class is None:
@@ -281,7 +285,53 @@ def get_backend(name: str, **options: Any) -> BaseBackend:
         info.backend_class.check_available()
     except Exception as exc:
         raise BackendUnavailableError(f"backend {name!r} cannot run here: {_describe(exc)}") from exc
-    return info.backend_class(**options)
+    try:
+        return info.backend_class(**options)
+    except TypeError:
+        unknown = _unknown_options(info.backend_class, options)
+        if not unknown:
+            raise  # raised inside the constructor, about something else: not ours to reword
+        raise TypeError(_unknown_options_message(name, info.backend_class, unknown)) from None
+
+
+def _not_installed(name: str, known: str) -> str:
+    distribution = KNOWN_DISTRIBUTIONS.get(name)
+    if distribution is not None:
+        return (f"no backend named {name!r} is installed (known: {known}); it comes with the "
+                f"{distribution} distribution: pip install {distribution} (from a clone of "
+                f"rhapsody: pip install ./packages/{distribution})")
+    offered = ", ".join(f"{dist} ({backend})" for backend, dist in KNOWN_DISTRIBUTIONS.items())
+    return (f"no backend named {name!r} is installed (known: {known}); rhapsody's own backends "
+            f"come with {offered}, and other packages' backends register through the 'rhapsody' "
+            "entry-point group: install the one that provides it")
+
+
+def _keyword_parameters(cls: type) -> tuple[list[str], bool] | None:
+    """The constructor's keyword names and whether it takes ``**kwargs``; None if unreadable."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    names = [p.name for p in parameters
+             if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def _unknown_options(cls: type, options: Mapping[str, Any]) -> list[str]:
+    # Only names the signature cannot bind make the call itself fail: a TypeError raised while
+    # the constructor runs (a wrong type of a valid option) has none and keeps its own message.
+    described = _keyword_parameters(cls)
+    if described is None or described[1]:
+        return []
+    return [key for key in options if key not in described[0]]
+
+
+def _unknown_options_message(name: str, cls: type, unknown: list[str]) -> str:
+    valid = _keyword_parameters(cls)
+    names = valid[0] if valid else []
+    which = ("option " if len(unknown) == 1 else "options ") + ", ".join(repr(key) for key in unknown)
+    takes = f"its options are: {', '.join(names)}" if names else "it takes no options"
+    return f"backend {name!r} ({cls.__name__}) has no {which}; {takes}"
 
 
 def hook_if_implemented(name: str) -> Any:
