@@ -1,13 +1,21 @@
 """Estimate pi three ways at once on the built-in backend: sync and async Python functions, and
-executables that write and check their own result files.
+executables that write their results to files, read back when they are done.
 
-    rhapsody run examples/montecarlo_pi.py
-    rhapsody run examples/montecarlo_pi.py --backend concurrent -o max_workers=4
+    rhapsody run examples/montecarlo_pi.py                  # functions on threads (the default)
+    rhapsody run examples/montecarlo_pi.py -o processes=2   # functions on 2 worker processes
+
+The function tasks here are CPU-bound pure Python: on threads they take turns holding the GIL, so
+they use about one core however many threads there are. ``-o processes=N`` runs them on a pool of
+N worker processes instead (one core each; the functions are shipped to them pickled). Threads
+are the better choice for I/O-bound functions and for code that releases the GIL while it works
+(numpy, most C extensions), since they start at once and pass arguments without pickling.
+Executables always run as their own processes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import pathlib
 import random
 import sys
 import tempfile
@@ -36,29 +44,31 @@ async def main(session: Session) -> float:
                   for seed in range(FUNCTION_TASKS)]
     async_tasks = [ComputeTask(function=refine, args=(seed + 5000, SAMPLES_PER_TASK))
                    for seed in range(20)]
-    workdir = tempfile.mkdtemp(prefix="rhapsody-pi-")
-    # Each executable runs a fresh Python that estimates pi and writes it to a file in its cwd.
-    script = ("import random,sys; r=random.Random(int(sys.argv[1])); n=20000; "
-              "h=sum(r.random()**2+r.random()**2<=1 for _ in range(n)); "
-              "open(f'pi-{sys.argv[1]}.txt','w').write(str(4*h/n)); print(4*h/n)")
-    exe_tasks = [ComputeTask(executable=sys.executable, arguments=["-c", script, str(seed)],
-                             task_backend_specific_kwargs={"cwd": workdir})
-                 for seed in range(20)]
-    tasks = sync_tasks + async_tasks + exe_tasks
-    await session.submit_tasks(tasks)
-    await session.wait_tasks(tasks)
+    # Removed with everything in it when the run ends, however it ends (failure, Ctrl-C).
+    with tempfile.TemporaryDirectory(prefix="rhapsody-pi-") as workdir:
+        # Each executable runs a fresh Python that estimates pi and writes it to a file in its cwd.
+        script = ("import random,sys; r=random.Random(int(sys.argv[1])); n=20000; "
+                  "h=sum(r.random()**2+r.random()**2<=1 for _ in range(n)); "
+                  "open(f'pi-{sys.argv[1]}.txt','w').write(str(4*h/n))")
+        exe_tasks = [ComputeTask(executable=sys.executable, arguments=["-c", script, str(seed)],
+                                 task_backend_specific_kwargs={"cwd": workdir})
+                     for seed in range(20)]
+        tasks = sync_tasks + async_tasks + exe_tasks
+        await session.submit_tasks(tasks)
+        await session.wait_tasks(tasks)
 
-    failed = [t for t in tasks if t.state != "DONE"]
-    if failed:
-        print(f"{len(failed)} tasks did not finish: first error {failed[0].exception!r}")
-        return float("nan")
+        failed = [t for t in tasks if t.state != "DONE"]
+        if failed:
+            print(f"{len(failed)} tasks did not finish: first error {failed[0].exception!r}")
+            return float("nan")
+        results = [pathlib.Path(workdir, f"pi-{seed}.txt").read_text() for seed in range(len(exe_tasks))]
     hits = sum(t.return_value for t in sync_tasks + async_tasks)
     samples = SAMPLES_PER_TASK * len(sync_tasks + async_tasks)
     from_functions = 4 * hits / samples
-    from_executables = sum(float(t.stdout) for t in exe_tasks) / len(exe_tasks)
+    from_executables = sum(float(r) for r in results) / len(results)
     print(f"pi from {samples:,} samples in {len(sync_tasks) + len(async_tasks)} function tasks: "
           f"{from_functions:.5f}")
-    print(f"pi from {len(exe_tasks)} executables (results in {workdir}): {from_executables:.4f}")
+    print(f"pi from {len(exe_tasks)} executables (read from the files they wrote): {from_executables:.4f}")
     return from_functions
 
 

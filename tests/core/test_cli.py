@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -14,19 +15,51 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 
-def rhapsody(*args: str, cwd: pathlib.Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def rhapsody(*args: str, cwd: pathlib.Path | None = None, timeout: float = 300,
+             tmpdir: pathlib.Path | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, RHAPSODY_LOAD_PLUGINS="", COLUMNS="200")
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     return subprocess.run([sys.executable, "-m", "rhapsody", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
 
 
-def test_example_python_workload_runs_and_summarises() -> None:
-    result = rhapsody("run", str(EXAMPLES / "montecarlo_pi.py"))
+@pytest.mark.parametrize("options", [[], ["-o", "processes=2"]], ids=["threads", "processes"])
+def test_example_python_workload_runs_summarises_and_cleans_up(tmp_path: pathlib.Path, options: list[str]) -> None:
+    # A temp folder of its own: other runs on this machine cannot change the count.
+    before = len(list(tmp_path.glob("rhapsody-pi-*")))
+    result = rhapsody("run", str(EXAMPLES / "montecarlo_pi.py"), *options, tmpdir=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     estimate = float(result.stdout.split("function tasks: ")[1].split()[0])
     assert abs(estimate - 3.14159) < 0.01
+    estimate = float(result.stdout.split("files they wrote): ")[1].split()[0])
+    assert abs(estimate - 3.14159) < 0.05
     assert "rhapsody run summary" in result.stdout
-    assert "240" in result.stdout  # tasks DONE
+    assert "│  240 │      0 │        0 │" in result.stdout  # tasks DONE, FAILED, CANCELED
+    assert len(list(tmp_path.glob("rhapsody-pi-*"))) == before == 0
+
+
+def test_processes_option_runs_functions_in_worker_processes(tmp_path: pathlib.Path) -> None:
+    workload = tmp_path / "pids.py"
+    workload.write_text(textwrap.dedent("""\
+        import os
+        from rhapsody import ComputeTask
+
+        def where():
+            return os.getpid()
+
+        async def main(session):
+            tasks = [ComputeTask(function=where) for _ in range(8)]
+            await session.submit_tasks(tasks)
+            await session.wait_tasks(tasks)
+            pids = {t.return_value for t in tasks}
+            print("in this process:", os.getpid() in pids, "workers:", len(pids))
+    """))
+    threads = rhapsody("run", str(workload))
+    assert "in this process: True workers: 1" in threads.stdout, threads.stdout + threads.stderr
+    processes = rhapsody("run", str(workload), "-o", "processes=2")
+    assert processes.returncode == 0, processes.stdout + processes.stderr
+    assert "in this process: False workers:" in processes.stdout
 
 
 def test_example_task_list_runs() -> None:
@@ -70,6 +103,13 @@ def test_python_workload_exception_is_shown_with_exit_2(tmp_path: pathlib.Path) 
         ("broken.json", "[{", "not valid JSON"),
         ("workload.txt", "echo", "a workload is a .py file"),
         ("neg.yaml", "- executable: sleep\n  timeout: -1\n", "timeout must be a positive number"),
+        # YAML reads these as a boolean and numbers: refused, not passed on as "True" and "5".
+        ("args.yaml", "- echo hi\n- executable: echo\n  arguments: [ok, true, 5]\n",
+         'args.yaml: task #2: argument #2 is True (a boolean), not text: quote it in the file (e.g. "true", "5")'),
+        ("envs.yaml", "- executable: env\n  env: {DEBUG: 1}\n",
+         "envs.yaml: task #1: env DEBUG is 1 (a number), not text: quote it in the file"),
+        ("opts.json", '[{"executable": "env", "task_backend_specific_kwargs": {"env": {"X": null}}}]',
+         "opts.json: task #1: env X is None (null), not text: quote it in the file"),
     ],
 )
 def test_bad_workloads_are_clear_errors(tmp_path: pathlib.Path, name: str, content: str, message: str) -> None:
@@ -79,6 +119,27 @@ def test_bad_workloads_are_clear_errors(tmp_path: pathlib.Path, name: str, conte
     assert result.returncode == 2
     assert message in result.stderr
     assert result.stdout == ""
+
+
+def test_malformed_yaml_names_the_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("tasks:\n  - executable: [echo\n  - executable: true\n")
+    result = rhapsody("run", str(path))
+    assert result.returncode == 2
+    assert f'in "{path}", line 2' in result.stderr
+    assert "<unicode string>" not in result.stderr
+
+
+def test_help_is_plain_text_and_describes_the_workload() -> None:
+    top = rhapsody("--help")
+    assert top.returncode == 0
+    assert "Run workloads of tasks on a rhapsody backend" in top.stdout
+    run = rhapsody("run", "--help")
+    assert run.returncode == 0
+    assert "a .py file defining 'async def main(session)', or a .yaml/.yml/.json list of executable tasks" in run.stdout
+    assert "130  interrupted (Ctrl-C)" in run.stdout
+    for text in (top.stdout, run.stdout):
+        assert "`" not in text  # RST or Markdown markup shows as is in a terminal
 
 
 def test_missing_workload_file() -> None:
@@ -91,6 +152,16 @@ def test_unknown_backend_and_bad_option(tmp_path: pathlib.Path) -> None:
     result = rhapsody("run", str(EXAMPLES / "shell_tasks.yaml"), "--backend", "nonesuch")
     assert result.returncode == 2
     assert "no backend named 'nonesuch'" in result.stderr
+    assert "rhapsody-nonesuch" not in result.stderr  # no such distribution exists
+    assert "rhapsody-dask (dask)" in result.stderr and "'rhapsody' entry-point group" in result.stderr
+    result = rhapsody("run", str(EXAMPLES / "shell_tasks.yaml"), "--backend", "vllm")
+    assert result.returncode == 2
+    assert "it comes with the rhapsody-vllm distribution" in result.stderr
+    result = rhapsody("run", str(EXAMPLES / "shell_tasks.yaml"), "-o", "nosuchopt=1")
+    assert result.returncode == 2
+    assert ("rhapsody: backend 'concurrent' (ConcurrentBackend) has no option 'nosuchopt'; its options "
+            "are: executor, max_workers, processes, max_subprocesses") in result.stderr
+    assert "unexpected keyword argument" not in result.stderr
     result = rhapsody("run", str(EXAMPLES / "shell_tasks.yaml"), "-o", "max_workers=0")
     assert result.returncode == 2
     assert "max_workers must be an integer >= 1" in result.stderr

@@ -52,6 +52,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+_RUN_EPILOG = """\
+exit status:
+  0    every task ended DONE
+  1    a task failed or was cancelled, or --timeout passed
+  2    the workload or the backend could not be used, or the workload raised
+  130  interrupted (Ctrl-C)
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -59,17 +68,28 @@ def _parser() -> argparse.ArgumentParser:
         own_version = version("rhapsody-core")
     except PackageNotFoundError:
         own_version = "unknown"
-    parser = argparse.ArgumentParser(prog="rhapsody", description=__doc__.split("\n")[0])
+    # Help text is written for a terminal, not taken from the docstrings (their RST markup would
+    # show as is).
+    parser = argparse.ArgumentParser(
+        prog="rhapsody",
+        description="Run workloads of tasks on a rhapsody backend, and list the installed backends.",
+    )
     parser.add_argument("--version", action="version", version=f"rhapsody {own_version}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run a workload (.py with `async def main(session)`, "
-                                          "or a .yaml/.json list of executable tasks)")
-    run.add_argument("workload", type=pathlib.Path)
+    run = commands.add_parser(
+        "run", help="run a workload (a .py file or a .yaml/.json list of executable tasks)",
+        description="Run a workload with a live progress bar, then print a summary.",
+        epilog=_RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("workload", type=pathlib.Path,
+                     help="a .py file defining 'async def main(session)', or a .yaml/.yml/.json "
+                          "list of executable tasks")
     run.add_argument("-b", "--backend", default="concurrent", help="backend name (default: concurrent)")
     run.add_argument("-o", "--option", dest="options", action="append", type=_option, default=[],
                      metavar="KEY=VALUE",
-                     help="backend option, repeatable; VALUE is read as JSON when it parses")
+                     help="backend option, repeatable; VALUE is read as JSON when it parses "
+                          "(concurrent: processes=N for CPU-bound Python, max_workers=N threads)")
     run.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
                      help="give up (cancel what still runs) after this many seconds (> 0)")
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")

@@ -23,6 +23,8 @@ _TASK_KEYS = frozenset({"executable", "arguments", "uid", "timeout", "cwd", "env
                         "backend", "task_backend_specific_kwargs"})
 
 
+
+
 class WorkloadError(Exception):
     """The workload file cannot be used; the message says where and why."""
 
@@ -65,9 +67,11 @@ def _load_python(path: pathlib.Path) -> Workload:
 
 
 def _load_task_list(path: pathlib.Path) -> list[ComputeTask]:
-    text = path.read_text()
     try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        # YAML is read from the open file so that its error marks name the file, not
+        # "<unicode string>".
+        with path.open() as stream:
+            data = json.load(stream) if path.suffix.lower() == ".json" else yaml.safe_load(stream)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise WorkloadError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from None
     if isinstance(data, dict) and "tasks" in data:
@@ -92,15 +96,23 @@ def _task_from_entry(path: pathlib.Path, index: int, entry: Any) -> ComputeTask:
     for key in ("cwd", "env", "shell"):
         if key in entry:
             options[key] = entry[key]
-    if isinstance(options.get("env"), dict):
-        options["env"] = {str(k): str(v) for k, v in options["env"].items()}
+    env = options.get("env")
+    if isinstance(env, dict):
+        for key, value in env.items():
+            if not isinstance(key, str):
+                raise WorkloadError(f"{where}: an env name is {_not_text(key)}")
+            if not isinstance(value, str):
+                raise WorkloadError(f"{where}: env {key} is {_not_text(value)}")
     arguments = entry.get("arguments", [])
     if not isinstance(arguments, list):
         raise WorkloadError(f"{where}: 'arguments' must be a list")
+    for position, argument in enumerate(arguments):
+        if not isinstance(argument, str):
+            raise WorkloadError(f"{where}: argument #{position + 1} is {_not_text(argument)}")
     try:
         return ComputeTask(
             executable=entry["executable"],
-            arguments=[str(a) for a in arguments],
+            arguments=arguments,
             uid=entry.get("uid"),
             timeout=entry.get("timeout"),
             backend=entry.get("backend"),
@@ -108,6 +120,19 @@ def _task_from_entry(path: pathlib.Path, index: int, entry: Any) -> ComputeTask:
         )
     except (TypeError, ValueError) as exc:
         raise WorkloadError(f"{where}: {exc}") from None
+
+
+def _not_text(value: Any) -> str:
+    # Refused rather than converted with str(): YAML reads true, yes, 5, 1.0, 010 and null as
+    # other types, and str() would pass "True", "5.0" or "None" where the user meant what they
+    # wrote.
+    kind = _KINDS.get(type(value), f"a {type(value).__name__}")
+    return (f"{value!r} ({kind}), not text: quote it in the file (e.g. \"true\", \"5\") so that "
+            "it is passed as written")
+
+
+_KINDS = {bool: "a boolean", int: "a number", float: "a number", type(None): "null",
+          list: "a list", dict: "a mapping"}
 
 
 def _run_task_list(tasks: list[ComputeTask]) -> Workload:
