@@ -367,8 +367,8 @@ def test_get_backend_names_the_distribution_of_a_known_backend(name: str) -> Non
         pytest.skip(f"{name} is installed here")
     with pytest.raises(BackendUnavailableError, match=(
             rf"^no backend named '{name}' is installed \(known: .*\); it comes with the rhapsody-{name} "
-            rf"distribution: pip install rhapsody-{name} \(from a clone of rhapsody: pip install "
-            rf"\./packages/rhapsody-{name}\)$")):
+            rf"distribution: pip install \./packages/rhapsody-{name} from a clone of rhapsody \(pip "
+            rf"install rhapsody-{name} once it is published\)$")):
         rhapsody.get_backend(name)
 
 

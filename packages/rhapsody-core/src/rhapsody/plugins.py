@@ -297,9 +297,10 @@ def get_backend(name: str, **options: Any) -> BaseBackend:
 def _not_installed(name: str, known: str) -> str:
     distribution = KNOWN_DISTRIBUTIONS.get(name)
     if distribution is not None:
+        # The clone path first: the distributions are not on PyPI yet (see README.md).
         return (f"no backend named {name!r} is installed (known: {known}); it comes with the "
-                f"{distribution} distribution: pip install {distribution} (from a clone of "
-                f"rhapsody: pip install ./packages/{distribution})")
+                f"{distribution} distribution: pip install ./packages/{distribution} from a clone "
+                f"of rhapsody (pip install {distribution} once it is published)")
     offered = ", ".join(f"{dist} ({backend})" for backend, dist in KNOWN_DISTRIBUTIONS.items())
     return (f"no backend named {name!r} is installed (known: {known}); rhapsody's own backends "
             f"come with {offered}, and other packages' backends register through the 'rhapsody' "
