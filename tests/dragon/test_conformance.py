@@ -22,6 +22,11 @@ class TestDragonConformance(BackendConformance):
     # A second Batch beside the shared one brought the whole Dragon runtime down ("fatal
     # exception") in CI runs on 2 cores; the close test closes the shared one instead.
     close_shared_session = True
+    # The lost task itself fails with WorkerLostError (tests/dragon/test_worker_loss.py), but
+    # dragonhpc 0.15's Batch runs nothing after a worker death: the kit's other tasks cannot pass.
+    unsupported: ClassVar[dict[str, str]] = {
+        "worker_loss": "a Dragon Batch runs no task once one of its workers has died",
+    }
 
     def executable_options(self, *, cwd: str | None = None, env: dict[str, str] | None = None,
                            shell: bool | None = None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -26,7 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rhapsody import BaseBackend, Task
+from rhapsody import BaseBackend, Task, WorkerLostError
+from rhapsody.builtin.worker_markers import exit_status
 
 from .runner import TIMED_OUT
 from .templates import ProcessSpec, build_templates, check_options, find_program
@@ -41,23 +43,51 @@ _SWEEP_INTERVAL_S = 0.05
 _LISTING_INTERVAL_S = 0.2
 
 
-def _run_coroutine_function(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Runs an ``async def`` task on a Dragon worker, which only calls plain functions."""
-    return asyncio.run(function(*args, **kwargs))
+_LIVENESS_INTERVAL_S = 1.0  # how often the monitor looks for function tasks whose worker died
+_HOST = socket.gethostname()
+
+
+def _run_watched(watch_path: str, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Runs a function task on a Dragon worker, leaving ``HOST PID`` in ``watch_path`` meanwhile.
+
+    A worker process that dies in the middle of a function (``os._exit``, a signal, a crash in C
+    code) returns no result and Batch never says so: the file it leaves behind, naming a process
+    that no longer exists, is how the monitor finds the task lost. ``async def`` functions are
+    awaited here too (Dragon workers only call plain functions).
+    """
+    try:
+        with open(watch_path, "w") as file:
+            file.write(f"{_HOST} {os.getpid()}")
+    except OSError:
+        pass  # e.g. a node that does not share the directory: the task runs unwatched
+    try:
+        value = function(*args, **kwargs)
+        return asyncio.run(value) if inspect.iscoroutine(value) else value
+    finally:
+        try:
+            os.unlink(watch_path)
+        except OSError:
+            pass
+
+
+class _BatchStalled(RuntimeError):
+    """A worker of the Batch died: the Batch will run nothing more (see _fail_lost_functions)."""
 
 
 class _Entry:
     """What the monitor needs about one in-flight task; dropped when the task ends."""
 
-    __slots__ = ("task", "handle", "stdout_path", "stderr_path", "pid_path")
+    __slots__ = ("task", "handle", "stdout_path", "stderr_path", "pid_path", "watch_path")
 
     def __init__(self, task: Task, handle: Any, stdout_path: Path | None = None,
-                 stderr_path: Path | None = None, pid_path: Path | None = None) -> None:
+                 stderr_path: Path | None = None, pid_path: Path | None = None,
+                 watch_path: Path | None = None) -> None:
         self.task = task
         self.handle = handle
         self.stdout_path = stdout_path
         self.stderr_path = stderr_path
-        self.pid_path = pid_path
+        self.pid_path = pid_path  # an executable's process group (see runner.py)
+        self.watch_path = watch_path  # a function's worker while it runs (see _run_watched)
 
 
 class DragonBackend(BaseBackend):
@@ -284,14 +314,11 @@ class DragonBackend(BaseBackend):
             for task, spec in zip(tasks, specs):
                 timeout = task["timeout"]
                 if spec is None:
-                    function = task["function"]
                     submitter = plain if timeout is None else batch.options(timeout=timeout)
-                    if inspect.iscoroutinefunction(function):
-                        handle = submitter.function(_run_coroutine_function, function,
-                                                    task["args"], task["kwargs"])
-                    else:
-                        handle = submitter.function(function, *task["args"], **task["kwargs"])
-                    registry[handle.uid] = _Entry(task, handle)
+                    watch = self._output_dir / f"{next(self._file_counter)}.worker"  # type: ignore[operator]
+                    handle = submitter.function(_run_watched, str(watch), task["function"],
+                                                task["args"], task["kwargs"])
+                    registry[handle.uid] = _Entry(task, handle, watch_path=watch)
                     tuid_of[task["uid"]] = handle.uid
                     continue
                 problem = self._placement_problem(spec)
@@ -361,8 +388,12 @@ class DragonBackend(BaseBackend):
         updates: list[tuple[Task, str]] = []
         monotonic = time.monotonic
         next_listing = 0.0
+        next_liveness = monotonic() + _LIVENESS_INTERVAL_S
         try:
             while not stopping.is_set():
+                if registry and monotonic() >= next_liveness:
+                    next_liveness = monotonic() + _LIVENESS_INTERVAL_S
+                    self._fail_lost_functions()
                 # Batch announces completions per launch group (Pool.map_async calls back when the
                 # whole group is done), so a quick task launched with slow ones would wait for them:
                 # announced tuids are ready at once, and every _LISTING_INTERVAL_S the results
@@ -418,11 +449,51 @@ class DragonBackend(BaseBackend):
             finished = {id(task) for task, _ in updates}
             left += [entry for entry in taken.values()
                      if id(entry.task) not in finished and entry.task["state"] not in _ENDED]
+            reason = str(exc) if isinstance(exc, _BatchStalled) else repr(exc)
             for entry in left:
-                entry.task["exception"] = RuntimeError(f"dragon: the Batch failed: {exc!r}")
+                entry.task["exception"] = RuntimeError(f"dragon: the Batch failed: {reason}")
             updates += [(entry.task, _FAILED) for entry in left]
             if updates:
                 self.report(updates)
+
+    def _fail_lost_functions(self) -> None:
+        """Fail (as WorkerLostError) the function tasks whose worker process on this host died."""
+        with self._lock:
+            # A task being cancelled may see its worker stopped: it ends CANCELED, not lost.
+            watched = [(tuid, entry) for tuid, entry in self._registry.items()
+                       if entry.watch_path is not None and tuid not in self._cancelled]
+        lost: list[tuple[Task, str]] = []
+        for tuid, entry in watched:
+            try:
+                host, pid_text = entry.watch_path.read_text().split()  # type: ignore[union-attr]
+                pid = int(pid_text)
+            except (OSError, ValueError):
+                continue  # not started yet, ended, or being written
+            if host != _HOST:
+                continue  # another node's process: not ours to look at
+            dead, code = exit_status(pid)
+            if not dead:
+                continue
+            with self._lock:
+                if tuid in self._cancelled or self._registry.pop(tuid, None) is None:
+                    continue  # cancelled, or its result was taken meanwhile
+                self._tuid_of.pop(entry.task["uid"], None)
+            entry.watch_path.unlink(missing_ok=True)  # type: ignore[union-attr]
+            entry.task["exception"] = WorkerLostError(entry.task["uid"], f"Dragon worker process {pid}", code)
+            # Not retried: this Batch runs nothing more (below), and a retry could only fail.
+            entry.task["retries"] = entry.task["retried"]
+            lost.append((entry.task, _FAILED))
+        if lost:
+            self.report(lost)
+            # Measured on dragonhpc 0.15: once one of its workers has died, a Batch runs no task
+            # again, not even the ones already handed to its other workers. Failing them all now
+            # (the monitor's failure path) beats leaving them to wait forever.
+            raise _BatchStalled(
+                f"a worker process of the Batch died while running task {lost[0][0]['uid']}; a "
+                "Dragon Batch runs no task after that, so the tasks still in it fail and this "
+                "backend takes no more: start a new one (or keep functions that may crash their "
+                "process on another backend)"
+            )
 
     @staticmethod
     def _finish(entry: _Entry, value: Any, raised: bool,
