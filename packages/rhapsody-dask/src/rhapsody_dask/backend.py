@@ -601,6 +601,8 @@ class DaskBackend(BaseBackend):
                     continue
                 now = time.monotonic()
                 expired: list[tuple[Task, Future]] = []
+                if self._own_cluster is not None:
+                    await self._restore_workers(len(workers))
                 if workers or self._own_cluster is None:
                     workerless_since = None
                 elif workerless_since is None:
@@ -633,6 +635,23 @@ class DaskBackend(BaseBackend):
                     await self._cancel_futures([future for _, future in expired])
         finally:
             self._watcher = None
+
+    async def _restore_workers(self, registered: int) -> None:
+        """Start the own cluster's workers again where a nanny gave up on one.
+
+        A nanny whose worker keeps dying (a task that ends its process on every attempt) may
+        close for good, and the LocalCluster then forgets that worker; with every worker gone,
+        the rest of the run could never start. ``scale`` to its own size starts the missing ones
+        and leaves the running and restarting ones alone.
+        """
+        cluster = self._own_cluster
+        spec = getattr(cluster, "worker_spec", None)
+        if cluster is None or spec is None or registered >= len(spec) \
+                or len(getattr(cluster, "workers", spec)) >= len(spec):
+            return
+        _log.warning("rhapsody-dask: starting %d lost worker(s) of the LocalCluster again",
+                     len(spec) - len(cluster.workers))
+        await asyncio.get_running_loop().run_in_executor(None, cluster.scale, len(spec))
 
     def _fail_all_waiting(self, waited: float) -> list[tuple[Task, Future]]:
         with self._lock:
@@ -683,6 +702,9 @@ class DaskBackend(BaseBackend):
             self._key_of.clear()
             self._restricted.clear()
             self._lost_on.clear()
+        if self._watcher is not None:
+            # It would otherwise sleep on past the session's loop, which may close right after.
+            self._watcher.cancel()
         if entries:
             self.report([(task, _CANCELED) for task, _ in entries])
         loop = asyncio.get_running_loop()
