@@ -8,6 +8,7 @@ import pathlib
 import pickle
 import threading
 import weakref
+from collections.abc import Sequence
 
 import psutil
 import pytest
@@ -21,6 +22,7 @@ from rhapsody import (
     ComputeTask,
     Session,
     SessionClosedError,
+    Task,
     TaskExecutionError,
 )
 from rhapsody.builtin.concurrent import ConcurrentBackend
@@ -609,15 +611,68 @@ async def test_refusal_by_a_second_backend_undoes_the_groups_not_yet_handed_over
         assert (first.return_value, later.state) == (3, "DONE")
 
 
-async def test_tasks_handed_to_an_earlier_backend_run_when_a_later_one_refuses() -> None:
+async def test_a_refusal_by_any_backend_submits_nothing_to_any() -> None:
     async with Session(backends=["noop", "concurrent"]) as session:
-        early = ComputeTask(function=workloads.add, backend="noop")
+        early = ComputeTask(function=workloads.add, args=(1, 2), backend="noop")
         refused = shell("true", backend="concurrent", task_backend_specific_kwargs={"bogus": 1})
         with pytest.raises(ValueError, match=r"\['bogus'\]"):
             await session.submit_tasks([early, refused])
-        assert early.state == "DONE" and early.future.done()
-        assert (refused.state, refused.future) == ("NEW", None)
+        # All or nothing: the backend checked first has not been handed its task either.
+        assert [(t.state, t.future) for t in (early, refused)] == [("NEW", None), ("NEW", None)]
+        assert early.backend == "noop" and refused.backend == "concurrent"
         assert session.in_flight == 0
+        # Corrected, the same call goes through.
+        refused.task_backend_specific_kwargs = {}
+        await session.submit_tasks([early, refused])
+        await session.wait_tasks([early, refused], timeout=NO_HANG)
+        assert [t.state for t in (early, refused)] == ["DONE", "DONE"]
+
+
+class _LaunchFails(ThreadedBackend):
+    """Passes check_tasks, then its engine fails while launching (e.g. a lost connection)."""
+
+    name = "launch-fails"
+
+    async def submit_tasks(self, tasks: Sequence[Task]) -> None:
+        raise ConnectionError("scheduler went away")
+
+
+async def test_an_engine_failing_at_launch_after_another_started_fails_only_its_part() -> None:
+    seen: list[tuple[str, str]] = []
+
+    class Watcher:
+        @rhapsody.hookimpl
+        def rhapsody_task_states_changed(self, tasks: Sequence[Task]) -> None:
+            seen.extend((t.uid, t.state) for t in tasks)
+
+    watcher = Watcher()
+    rhapsody.register_plugin(watcher)
+    try:
+        async with Session(backends=["noop", _LaunchFails()]) as session:
+            started = ComputeTask(function=workloads.add, args=(1, 2), backend="noop")
+            failing = ComputeTask(function=workloads.add, args=(3, 4), backend="launch-fails")
+            futures = await session.submit_tasks([started, failing])  # does not raise
+            await session.wait_tasks([started, failing], timeout=NO_HANG)
+            assert started.state == "DONE"
+            assert failing.state == "FAILED"
+            assert isinstance(failing.exception, RuntimeError)
+            assert "backend 'launch-fails' failed while launching it" in str(failing.exception)
+            assert isinstance(failing.exception.__cause__, ConnectionError)
+            with pytest.raises(RuntimeError, match="scheduler went away"):
+                await futures[1]
+            assert session.in_flight == 0
+    finally:
+        rhapsody.unregister_plugin(watcher)
+    # Plugins heard of the failed task's submission before its end.
+    assert seen.index((failing.uid, "SUBMITTED")) < seen.index((failing.uid, "FAILED"))
+
+
+async def test_a_backend_that_refuses_inside_submit_tasks_alone_still_submits_nothing() -> None:
+    async with Session(backends=[_LaunchFails()]) as session:
+        task = ComputeTask(function=workloads.add, args=(1, 2))
+        with pytest.raises(ConnectionError):
+            await session.submit_tasks([task])
+        assert (task.state, task.future, session.in_flight) == ("NEW", None, 0)
 
 
 async def test_a_backend_failing_to_start_releases_those_that_started() -> None:

@@ -146,16 +146,29 @@ class BaseBackend(abc.ABC):
     async def _initialize(self) -> None:  # noqa: B027 - optional override
         """Start or connect to the engine. Called once, from ``await backend``."""
 
+    def check_tasks(self, tasks: Sequence[Task]) -> None:  # noqa: B027 - optional override
+        """Refuse, before anything is launched, tasks this backend could never run as asked.
+
+        A session calls this for every backend's part of a ``submit_tasks`` call before it hands
+        any backend anything, so one refusal leaves the whole call unsubmitted. Check options,
+        types and what the engine can never offer; hand nothing to the engine, change no task.
+
+        Raises:
+            ValueError, TypeError: a task carries options this backend cannot honour (the
+                message names the task and the offending key).
+        """
+
     @abc.abstractmethod
     async def submit_tasks(self, tasks: Sequence[Task]) -> None:
-        """Hand ``tasks`` to the engine and return without waiting for them to run.
+        """Hand ``tasks`` (already passed :meth:`check_tasks`) to the engine; do not wait for them.
 
         Raises:
             RuntimeError: the backend is not attached to a session (raised before this method
                 runs; see the class docstring).
-            ValueError, TypeError: a task carries options this backend cannot honour (the
-                message names the offending key). Raise before handing any task over: the
-                session then submits none of the call's tasks to this backend.
+            ValueError, TypeError: still allowed, for backends that check here rather than in
+                :meth:`check_tasks`: raise before handing any task over. The session treats it
+                as a refusal of the whole call when no other backend has launched part of it;
+                otherwise these tasks fail with the error.
 
         Once a task has been handed over, an engine error about it (a broken pool, a lost
         connection) must not be raised from here: fail the task through :meth:`report` with

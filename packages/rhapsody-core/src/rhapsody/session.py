@@ -195,9 +195,14 @@ class Session:
         Raises:
             TypeError: an item is not a task.
             ValueError: a task was already submitted, names a backend the session does not have,
-                or is refused by a backend or a validating plugin. Then no task of this call has
-                been submitted (except, with several backends, tasks already handed to a backend
-                before the one that refused: they run), and the session keeps working.
+                or is refused by a backend (its ``check_tasks``) or a validating plugin. Then no
+                task of this call has been submitted, to any backend: every task is ``NEW`` again
+                and can be submitted once corrected, and the session keeps working.
+
+        Submitting is all or nothing: every task of the call is checked (by the session, the
+        plugins and each backend's ``check_tasks``) before any backend is handed any. An engine
+        that fails while launching its part after another backend has started its own fails
+        those tasks (``FAILED``, with the engine's error) rather than raising.
             SessionClosedError: the session has been closed.
             RuntimeError: called from an event loop other than the one the session started on.
         """
@@ -213,24 +218,59 @@ class Session:
             groups, futures, named = self._register(tasks)
 
         handed = list(groups.items())
+        try:
+            for backend, group in handed:
+                backend.check_tasks(group)
+        except BaseException:
+            for task in tasks:
+                self._unregister(task, named)
+            raise
         for index, (backend, group) in enumerate(handed):
             self._submitting += 1
             try:
                 await backend.submit_tasks(group)
+            except Exception as exc:
+                self._submitting -= 1
+                if index == 0:
+                    # Nothing of this call runs yet: a refusal, as from check_tasks (a backend
+                    # that checks inside submit_tasks refuses here).
+                    self._undo(group, handed[1:], named)
+                    raise
+                # Other backends already run their part of this call: this part fails instead.
+                self._fail_launch(backend, group, exc)
+                continue
             except BaseException:
                 self._submitting -= 1
-                # Undo this group and every group not yet handed to its backend.
-                undo = [task for task in group if task["state"] == TaskState.SUBMITTED]
-                undo += [task for _, later in handed[index + 1:] for task in later]
-                for task in undo:
-                    self._unregister(task, named)
-                self._release_held()
+                self._undo(group, handed[index + 1:], named)
                 raise
             self._submitting -= 1
             if self._notify is not None:
                 self._notify(tasks=group)
             self._release_held()
         return futures
+
+    def _undo(self, group: list[Task], later: list[tuple[BaseBackend, list[Task]]], named: set[Task]) -> None:
+        # This group (what its backend did not already end) and every group not yet handed over.
+        undo = [task for task in group if task["state"] == TaskState.SUBMITTED]
+        undo += [task for _, tasks in later for task in tasks]
+        for task in undo:
+            self._unregister(task, named)
+        self._release_held()
+
+    def _fail_launch(self, backend: BaseBackend, group: list[Task], error: Exception) -> None:
+        if self._notify is not None:
+            self._notify(tasks=group)  # plugins hear of every task that ends, submitted first
+        self._release_held()
+        left = [task for task in group if self._inflight.get(task["uid"]) is task]
+        for task in left:
+            if task["exception"] is None:
+                failure = RuntimeError(
+                    f"task {task['uid']}: backend {backend.name!r} failed while launching it: "
+                    f"{type(error).__name__}: {error}")
+                failure.__cause__ = error
+                task["exception"] = failure
+        if left:
+            self._apply(left, _FAILED)
 
     def _register(
         self, tasks: list[Task]

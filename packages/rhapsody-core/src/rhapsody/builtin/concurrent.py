@@ -150,25 +150,26 @@ class ConcurrentBackend(BaseBackend):
 
     # -- submit ------------------------------------------------------------------------------
 
-    async def submit_tasks(self, tasks: Sequence[Task]) -> None:
-        functions: list[Task] = []
+    def check_tasks(self, tasks: Sequence[Task]) -> None:
         for task in tasks:
             options = task["task_backend_specific_kwargs"]
-            if task.kind == "executable":
+            if task["function"] is None:
                 if options:
                     _check_executable_options(task, options)
-            else:
-                if options:
-                    raise ValueError(
-                        f"task {task['uid']}: concurrent takes no task_backend_specific_kwargs for "
-                        f"function tasks, got {sorted(options)}"
-                    )
-                if task["timeout"] is not None and not inspect.iscoroutinefunction(task["function"]):
-                    raise ValueError(
-                        f"task {task['uid']}: concurrent cannot interrupt a running sync function, "
-                        "so timeout= works only for async functions and executables"
-                    )
-                functions.append(task)
+                continue
+            if options:
+                raise ValueError(
+                    f"task {task['uid']}: concurrent takes no task_backend_specific_kwargs for "
+                    f"function tasks, got {sorted(options)}"
+                )
+            if task["timeout"] is not None and not inspect.iscoroutinefunction(task["function"]):
+                raise ValueError(
+                    f"task {task['uid']}: concurrent cannot interrupt a running sync function, "
+                    "so timeout= works only for async functions and executables"
+                )
+
+    async def submit_tasks(self, tasks: Sequence[Task]) -> None:
+        functions = [task for task in tasks if task["function"] is not None]
         chunks: list[list[Task]] = []
         if functions:
             size = _chunk_size(len(functions), self._workers)
