@@ -146,7 +146,7 @@ class BaseBackend(abc.ABC):
     async def _initialize(self) -> None:  # noqa: B027 - optional override
         """Start or connect to the engine. Called once, from ``await backend``."""
 
-    def check_tasks(self, tasks: Sequence[Task]) -> None:  # noqa: B027 - optional override
+    async def check_tasks(self, tasks: Sequence[Task]) -> None:  # noqa: B027 - optional override
         """Refuse, before anything is launched, tasks this backend could never run as asked.
 
         A session calls this for every backend's part of a ``submit_tasks`` call before it hands

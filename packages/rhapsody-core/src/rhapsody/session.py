@@ -220,7 +220,7 @@ class Session:
         handed = list(groups.items())
         try:
             for backend, group in handed:
-                backend.check_tasks(group)
+                await backend.check_tasks(group)
         except BaseException:
             for task in tasks:
                 self._unregister(task, named)

@@ -282,6 +282,28 @@ class DragonBackend(BaseBackend):
 
     # -- submit ------------------------------------------------------------------------------
 
+    async def check_tasks(self, tasks: Sequence[Task]) -> None:
+        """Refuse a task whose ``task_backend_specific_kwargs`` this backend cannot honour.
+
+        Raises:
+            ValueError, TypeError: an unknown key (named in the message) or a value of the wrong
+                type; the session then submits nothing of the call.
+        """
+        self._specs(tasks)
+
+    @staticmethod
+    def _specs(tasks: Sequence[Task]) -> list[ProcessSpec | None]:
+        # None for a function task: it needs no process spec.
+        specs: list[ProcessSpec | None] = []
+        for task in tasks:
+            if task["function"] is not None:
+                if task["task_backend_specific_kwargs"]:
+                    check_options(task, function=True)
+                specs.append(None)
+            else:
+                specs.append(check_options(task, function=False))
+        return specs
+
     async def submit_tasks(self, tasks: Sequence[Task]) -> None:
         """Hand every task to the Batch; returns once they are queued there.
 
@@ -296,15 +318,7 @@ class DragonBackend(BaseBackend):
             raise RuntimeError("dragon: the backend is not started (await it) or has been closed")
         if self._broken is not None:
             raise RuntimeError(f"dragon: the Batch failed earlier: {self._broken!r}") from self._broken
-        # Everything is checked before anything is handed to Dragon.
-        specs: list[ProcessSpec | None] = []
-        for task in tasks:
-            if task["function"] is not None:
-                if task["task_backend_specific_kwargs"]:
-                    check_options(task, function=True)
-                specs.append(None)
-            else:
-                specs.append(check_options(task, function=False))
+        specs = self._specs(tasks)
 
         unplaceable: list[tuple[Task, str]] = []
         with self._lock:

@@ -429,6 +429,20 @@ class RadicalBackend(BaseBackend):
 
     # -- submit (hot path) -------------------------------------------------------------------
 
+    async def check_tasks(self, tasks: Sequence[Task]) -> None:
+        """Describe every task to RP's TaskDescription without handing it over.
+
+        Raises:
+            ValueError, TypeError: as :meth:`submit_tasks`; the session then submits nothing of
+                the call.
+        """
+        rp = self._rp
+        for task in tasks:
+            if task.kind == "executable":
+                self._describe_executable(task, rp)
+            else:
+                self._describe_function(task, rp)
+
     async def submit_tasks(self, tasks: Sequence[Task]) -> None:
         """Describe every task to RP, then hand them all over in one call.
 

@@ -150,7 +150,7 @@ class ConcurrentBackend(BaseBackend):
 
     # -- submit ------------------------------------------------------------------------------
 
-    def check_tasks(self, tasks: Sequence[Task]) -> None:
+    async def check_tasks(self, tasks: Sequence[Task]) -> None:
         for task in tasks:
             options = task["task_backend_specific_kwargs"]
             if task["function"] is None:
