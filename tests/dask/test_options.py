@@ -17,6 +17,7 @@ from typing import Any
 import distributed
 import pytest
 
+import rhapsody
 from rhapsody import ComputeTask, Session
 from rhapsody_dask import DaskBackend
 
@@ -69,6 +70,24 @@ def test_bad_task_options_are_rejected_by_name_and_nothing_is_submitted() -> Non
             await session.submit_tasks([ok])
             await session.wait_tasks([ok])
             assert (ok.state, ok.exception) == ("DONE", None)
+
+    asyncio.run(asyncio.wait_for(body(), 180))
+
+
+def test_a_refusal_by_dask_leaves_another_backends_part_of_the_call_unsubmitted(tmp_path: Any) -> None:
+    marker = tmp_path / "ran"
+
+    async def body() -> None:
+        backends = [DaskBackend(n_workers=1), rhapsody.get_backend("concurrent")]
+        async with Session(backends=backends) as session:
+            elsewhere = ComputeTask(executable="/bin/sh", arguments=["-c", f"touch {marker}"],
+                                    backend="concurrent")
+            bad = ComputeTask(function=name_of_worker, backend="dask",
+                              task_backend_specific_kwargs={"gpu_count": 1})
+            with pytest.raises(ValueError, match=r"does not understand .*gpu_count"):
+                await session.submit_tasks([elsewhere, bad])
+            assert elsewhere.state == bad.state == "NEW" and session.in_flight == 0
+        assert not marker.exists()
 
     asyncio.run(asyncio.wait_for(body(), 180))
 

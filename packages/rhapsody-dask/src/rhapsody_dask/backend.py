@@ -274,6 +274,11 @@ class DaskBackend(BaseBackend):
 
     # -- submit ------------------------------------------------------------------------------
 
+    async def check_tasks(self, tasks: Sequence[Task]) -> None:
+        """Refuse a task whose options Dask cannot honour (the message names task and key)."""
+        for task in tasks:
+            _plan(task)
+
     async def submit_tasks(self, tasks: Sequence[Task]) -> None:
         if self._stopping:
             raise RuntimeError("dask: the backend is shutting down")
