@@ -528,6 +528,8 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        for job in list(self._retry_jobs):
+            job.cancel()  # its tasks are abandoned below with the rest
         error: Exception | None = None
         try:
             for backend in self._backends.values():
