@@ -10,6 +10,8 @@ import asyncio
 import os
 import pathlib
 import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -104,9 +106,8 @@ def test_task_that_keeps_killing_workers_fails_and_the_run_goes_on(tmp_path: pat
 
     async def body() -> None:
         async with Session(backends=[DaskBackend(n_workers=2, threads_per_worker=1)]) as session:
-            # The killer dies at most retries + 1 = 3 times. A healthy task queued on a worker it
-            # kills is lost with it, so at most 3 times too: its default 3 retries always cover
-            # that, and every healthy task must end DONE.
+            # The killer dies retries + 1 = 3 times. A healthy task queued on a worker it kills
+            # is run again by the backend, uncharged: every healthy task ends DONE, never retried.
             killer = ComputeTask(function=always_die, args=(str(marker),), retries=2)
             tasks = [ComputeTask(function=healthy, args=(i,)) for i in range(50)]
             await session.submit_tasks([*tasks[:25], killer, *tasks[25:]])
@@ -117,7 +118,7 @@ def test_task_that_keeps_killing_workers_fails_and_the_run_goes_on(tmp_path: pat
             assert killer.retried == 2
             # The session's re-runs were the only ones (allowed-failures = 0): never multiplied.
             assert 1 <= len(marker.read_text().split()) <= 3
-            assert [(t.state, t.exception) for t in tasks] == [("DONE", None)] * 50
+            assert [(t.state, t.exception, t.retried) for t in tasks] == [("DONE", None, 0)] * 50
             assert [t.return_value for t in tasks] == [i * i for i in range(50)]
 
     run(body())
@@ -154,3 +155,88 @@ def test_on_a_given_cluster_dask_retries_count_and_are_not_multiplied(tmp_path: 
             await asyncio.get_running_loop().run_in_executor(None, cluster.close, 30)
 
     run(body())
+
+
+def test_tasks_queued_beside_a_worker_killer_are_run_again_uncharged(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "attempts"
+    requeued: list[str] = []
+    resubmit = DaskBackend._resubmit_bystanders
+
+    def spy(self: DaskBackend, bystanders: list[Any], updates: list[Any]) -> None:
+        requeued.extend(task.uid for task, _ in bystanders)
+        resubmit(self, bystanders, updates)
+
+    monkeypatch.setattr(DaskBackend, "_resubmit_bystanders", spy)
+
+    async def body() -> None:
+        # Unbounded saturation: the scheduler sends every task to a worker at once, so each
+        # worker the killer ends holds many tasks that were only queued there.
+        with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
+            backend = DaskBackend(n_workers=2, threads_per_worker=1)
+            async with Session(backends=[backend]) as session:
+                killer = ComputeTask(function=always_die, args=(str(marker),), retries=2)
+                tasks = [ComputeTask(function=healthy, args=(i,)) for i in range(200)]
+                await session.submit_tasks([*tasks[:100], killer, *tasks[100:]])
+                await session.wait_tasks([killer, *tasks])
+        assert (killer.state, killer.retried) == ("FAILED", 2)
+        assert isinstance(killer.exception, WorkerLostError)
+        assert len(marker.read_text().split()) == 3  # charged each time, and only it
+        assert [(t.state, t.retried, t.exception) for t in tasks] == [("DONE", 0, None)] * 200
+        assert [t.return_value for t in tasks] == [i * i for i in range(200)]
+        # Tasks were lost beside the killer, and ran again without being charged for it.
+        assert requeued and set(requeued) <= {t.uid for t in tasks}
+
+    run(body())
+
+
+def test_tasks_lost_beside_a_killer_with_default_saturation_are_not_charged(
+    tmp_path: pathlib.Path,
+) -> None:
+    marker = tmp_path / "attempts"
+
+    async def body() -> None:
+        async with Session(backends=[DaskBackend(n_workers=2, threads_per_worker=1)]) as session:
+            killer = ComputeTask(function=always_die, args=(str(marker),), retries=2)
+            tasks = [ComputeTask(function=healthy, args=(i,)) for i in range(200)]
+            await session.submit_tasks([*tasks[:100], killer, *tasks[100:]])
+            await session.wait_tasks([killer, *tasks])
+            assert (killer.state, killer.retried) == ("FAILED", 2)
+            assert [(t.state, t.retried) for t in tasks] == [("DONE", 0)] * 200
+
+    run(body())
+
+
+def _mark_in_child(directory: str, marker_id: int, end: bool) -> int:
+    """Run the worker-side marking in a real process that then exits; return its pid."""
+    code = (
+        "import os, sys; from rhapsody_dask import backend as b; "
+        f"h = b._begin({directory!r}, {marker_id}); "
+        f"b._end(h) if {end} else None; print(os.getpid())"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def test_markers_say_which_task_a_dead_worker_was_executing() -> None:
+    from rhapsody.builtin.worker_markers import WorkerMarkers
+    from rhapsody_dask import backend as module
+
+    markers = WorkerMarkers()
+    try:
+        executing = _mark_in_child(markers.directory, 7, end=False)
+        finished = _mark_in_child(markers.directory, 8, end=True)
+        assert module._started_in(markers, executing) == {7}
+        assert module._started_in(markers, finished) == set()
+        # A process that is still alive here (a worker of another host may have its pid): its
+        # markers say nothing about the dead worker, so its lost tasks are all charged.
+        handle = module._begin(markers.directory, 9)
+        assert handle is not None
+        assert module._started_in(markers, os.getpid()) is None
+        module._end(handle)
+        # No marker of that pid here (a worker on another host): cannot tell either.
+        assert module._started_in(markers, 2 ** 22 + 12345) is None
+    finally:
+        markers.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import os
 import pickle
@@ -35,6 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from rhapsody import BaseBackend, TaskState, WorkerLostError
 from rhapsody.backend import check_process_options
+from rhapsody.builtin.worker_markers import (
+    WorkerMarkers,
+    exit_status,
+    mark_chunk,
+    mark_task,
+    worker_marker,
+)
 from rhapsody.task import Task
 
 from .errors import TaskLoadError, UnsatisfiableResourcesError
@@ -177,6 +185,11 @@ class DaskBackend(BaseBackend):
         # re-runs on a cluster with allowed-failures > 0, which it does not report otherwise.
         self._lost_on: dict[str, int] = {}
         self._previous_handler: Any = None
+        # Which task each worker process is executing, readable once it died (same host only):
+        # a task lost with its worker that was not executing there is run again uncharged.
+        self._markers: WorkerMarkers | None = None
+        self._marker_ids = itertools.count(1)
+        self._marker_of: dict[str, int] = {}  # dask key -> its attempt's marker id (under _lock)
 
     @classmethod
     def check_available(cls) -> None:
@@ -261,6 +274,10 @@ class DaskBackend(BaseBackend):
             self._own_client = True
 
         await asyncio.get_running_loop().run_in_executor(None, connect)
+        try:
+            self._markers = WorkerMarkers()
+        except OSError:  # no writable temporary directory: every lost task is charged
+            self._markers = None
         client = self._client
         assert client is not None
         # A given client may already have a handler for this topic (one per topic): it is
@@ -291,12 +308,7 @@ class DaskBackend(BaseBackend):
         for task, (group, resources) in zip(tasks, plans):
             if group is None:
                 continue
-            key = f"{_key_prefix(task)}-{self._salt}-{task['uid']}"
-            attempt = task.get("retried", 0)
-            if attempt:
-                # The session runs a failed task again through submit_tasks: Dask must see a new
-                # key, or it would hand back the failed attempt's future (or its released key).
-                key += f"-r{attempt}"
+            key = self._key(task)
             members = groups.get(group)
             if members is None:
                 groups[group] = [(task, key)]
@@ -328,8 +340,11 @@ class DaskBackend(BaseBackend):
         kind, resources, priority = group
         keys = [key for _, key in members]
         tasks = [task for task, _ in members]
+        ids = [next(self._marker_ids) for _ in members]
+        markers = self._markers.directory if self._markers is not None else None
         if kind == "executable":
             columns: list[list[Any]] = [
+                ids,
                 keys,
                 [t["executable"] for t in tasks],
                 [t["arguments"] for t in tasks],
@@ -353,7 +368,7 @@ class DaskBackend(BaseBackend):
                 if blob is None:
                     blob = blobs[id(function)] = dumps(function)
                 functions.append(blob)
-            columns = [functions, [_pack_arguments(t["args"], t["kwargs"]) for t in tasks]]
+            columns = [ids, functions, [_pack_arguments(t["args"], t["kwargs"]) for t in tasks]]
             if kind == "async":
                 columns.append([t["timeout"] for t in tasks])
                 runner = call_async
@@ -362,12 +377,14 @@ class DaskBackend(BaseBackend):
         futures = self.client.map(
             runner, *columns, key=keys, pure=False,
             resources=dict(resources) if resources else None, priority=priority or 0,
+            markers=markers,
         )
         with self._lock:
-            live, key_of = self._live, self._key_of
-            for task, key, future in zip(tasks, keys, futures):
+            live, key_of, marker_of = self._live, self._key_of, self._marker_of
+            for task, key, future, marker_id in zip(tasks, keys, futures, ids):
                 live[key] = (task, future)
                 key_of[task["uid"]] = key
+                marker_of[key] = marker_id
         self._on_client_loop(self._watch, futures)
 
     # -- watching (the client's event loop) --------------------------------------------------
@@ -449,9 +466,10 @@ class DaskBackend(BaseBackend):
         updates: list[tuple[Task, str]] = []
         again: list[Future] = []
         lost_in_erred: dict[int, int] = {}
+        marker_ids: dict[int, int] = {}  # id(task) -> marker id of an erred attempt
         with self._lock:
             live_pop, key_of, restricted = self._live.pop, self._key_of, self._restricted
-            lost_on = self._lost_on
+            lost_on, marker_pop = self._lost_on, self._marker_of.pop
             for future in batch:
                 key: str = future.key  # type: ignore[assignment]  # the backend's own str keys
                 status = future.status
@@ -466,6 +484,7 @@ class DaskBackend(BaseBackend):
                 if restricted:
                     restricted.pop(key, None)
                     self._unsatisfiable_since.pop(key, None)
+                marker_id = marker_pop(key, None)
                 if entry is None:
                     continue  # cancelled or failed by the backend, already reported
                 task = entry[0]
@@ -479,6 +498,8 @@ class DaskBackend(BaseBackend):
                 elif status == "error":
                     if lost:
                         lost_in_erred[id(task)] = lost
+                    if marker_id is not None:
+                        marker_ids[id(task)] = marker_id
                     erred.append(entry)
                 else:
                     # Dask dropped the task without us asking (client or scheduler gone).
@@ -487,14 +508,17 @@ class DaskBackend(BaseBackend):
                         "client went away) before it ended"
                     )
                     updates.append((task, _FAILED))
+        bystanders: list[tuple[Task, BaseException]] = []
         try:
-            self._settle(finished, erred, updates, lost_in_erred)
+            self._settle(finished, erred, updates, lost_in_erred, marker_ids, bystanders)
         except BaseException as exc:  # noqa: BLE001 - never lose a task of the batch
-            settled = {id(task) for task, _ in updates}
+            settled = {id(task) for task, _ in updates} | {id(task) for task, _ in bystanders}
             for task, _ in [*finished, *erred]:
                 if id(task) not in settled:
                     task["exception"] = exc
                     updates.append((task, _FAILED))
+        if bystanders:
+            self._resubmit_bystanders(bystanders, updates)
         if updates:
             self.report(updates)
         if again:
@@ -506,11 +530,17 @@ class DaskBackend(BaseBackend):
         erred: list[tuple[Task, Future]],
         updates: list[tuple[Task, str]],
         lost_in_erred: dict[int, int],
+        marker_ids: dict[int, int],
+        bystanders: list[tuple[Task, BaseException]],
     ) -> None:
         """Fill the result fields of ended tasks; collect their updates.
 
         ``lost_in_erred``: by ``id(task)``, the worker losses an erred task went through.
+        ``marker_ids``: by ``id(task)``, the marker id of an erred task's attempt.
+        ``bystanders``: gets the tasks lost with a worker they were not executing in, with their
+        ``WorkerLostError``; they are not reported (the caller runs them again).
         """
+        started_in: dict[int, set[int] | None] = {}  # dead worker's pid -> marker ids it ran
         if finished:
             futures = [future for _, future in finished]
             try:
@@ -541,6 +571,10 @@ class DaskBackend(BaseBackend):
                 rerun_by_dask = getattr(error, "allowed_failures", 0)
                 if isinstance(rerun_by_dask, int) and rerun_by_dask > 0:
                     task["retried"] = task.get("retried", 0) + rerun_by_dask
+                elif rerun_by_dask == 0 and self._was_bystander(
+                        error, marker_ids.get(id(task)), started_in):
+                    bystanders.append((task, lost))
+                    continue
                 error = lost
             elif id(task) in lost_in_erred:  # lost, run again by Dask, then it raised
                 task["retried"] = task.get("retried", 0) + lost_in_erred[id(task)]
@@ -548,6 +582,77 @@ class DaskBackend(BaseBackend):
                 task["stderr"] = f"{type(error).__name__}: {error}"
             task["exception"] = error
             updates.append((task, _FAILED))
+
+    def _was_bystander(
+        self, error: BaseException, marker_id: int | None, started_in: dict[int, set[int] | None]
+    ) -> bool:
+        """Whether a task Dask failed with ``KilledWorker`` was only queued on the dead worker.
+
+        True only when the dead worker's markers can be read (it ran on this host, and its
+        process is gone) and none says it had started this attempt without ending it; when in
+        doubt the task is charged as the one that was running.
+        """
+        markers = self._markers
+        worker = getattr(error, "last_worker", None)
+        pid = getattr(worker, "pid", None)
+        if markers is None or marker_id is None or not isinstance(pid, int) or pid <= 0:
+            return False
+        if pid not in started_in:
+            started_in[pid] = _started_in(markers, pid)
+        started = started_in[pid]
+        return started is not None and marker_id not in started
+
+    def _resubmit_bystanders(
+        self, bystanders: list[tuple[Task, BaseException]], updates: list[tuple[Task, str]]
+    ) -> None:
+        """Hand tasks lost with a worker they were only queued on to Dask again, under new keys.
+
+        Not reported and not charged a retry. A task that cannot be handed over ends as it
+        would have: ``FAILED`` with its ``WorkerLostError`` (the session may still retry it).
+        """
+        groups: dict[tuple[Any, ...], list[tuple[Task, str]]] = {}
+        for task, lost in bystanders:
+            if self._stopping:
+                updates.append((task, _CANCELED))
+                continue
+            try:
+                group, resources = _plan(task)
+            except Exception:  # noqa: BLE001 - it was accepted once; charge it as before
+                task["exception"] = lost
+                updates.append((task, _FAILED))
+                continue
+            key = f"{self._key(task)}-q{next(self._marker_ids)}"
+            if resources:
+                with self._lock:
+                    self._restricted[key] = resources
+            groups.setdefault(group, []).append((task, key))
+        lost_of = {id(task): lost for task, lost in bystanders}
+        if groups:
+            _log.info("rhapsody-dask: %d task(s) lost with a worker they were only queued on: "
+                      "running them again, no retry charged", sum(map(len, groups.values())))
+        for group, members in groups.items():
+            try:
+                self._map(group, members)
+            except Exception:  # noqa: BLE001 - client gone: end them as the loss they were
+                for task, key in members:
+                    self._forget(task, key)
+                    if self._stopping:
+                        updates.append((task, _CANCELED))
+                    else:
+                        task["exception"] = lost_of[id(task)]
+                        if task["function"] is None:
+                            task["stderr"] = f"WorkerLostError: {lost_of[id(task)]}"
+                        updates.append((task, _FAILED))
+
+    def _key(self, task: Task) -> str:
+        """The Dask key of a task's current attempt (a session re-run gets a new one)."""
+        key = f"{_key_prefix(task)}-{self._salt}-{task['uid']}"
+        attempt = task.get("retried", 0)
+        if attempt:
+            # The session runs a failed task again through submit_tasks: Dask must see a new
+            # key, or it would hand back the failed attempt's future (or its released key).
+            key += f"-r{attempt}"
+        return key
 
     def _forget(self, task: Task, key: str) -> None:
         """Drop what the backend keeps about a task that ends without a Dask future."""
@@ -627,6 +732,7 @@ class DaskBackend(BaseBackend):
                             continue
                         task, future = self._live.pop(key)
                         self._lost_on.pop(key, None)
+                        self._marker_of.pop(key, None)
                         self._key_of.pop(task["uid"], None)
                         self._restricted.pop(key, None)
                         since.pop(key, None)
@@ -666,6 +772,7 @@ class DaskBackend(BaseBackend):
             self._restricted.clear()
             self._unsatisfiable_since.clear()
             self._lost_on.clear()
+            self._marker_of.clear()
         for task, _ in entries:
             task["exception"] = RuntimeError(
                 f"task {task['uid']}: the backend's Dask LocalCluster has had no worker for "
@@ -683,6 +790,7 @@ class DaskBackend(BaseBackend):
             if key is not None:
                 self._restricted.pop(key, None)
                 self._lost_on.pop(key, None)
+                self._marker_of.pop(key, None)
         if entry is None:
             return False
         # Reported first: whatever the future does next, the collector no longer owns the task.
@@ -707,6 +815,7 @@ class DaskBackend(BaseBackend):
             self._key_of.clear()
             self._restricted.clear()
             self._lost_on.clear()
+            self._marker_of.clear()
         if self._watcher is not None:
             # It would otherwise sleep on past the session's loop, which may close right after.
             self._watcher.cancel()
@@ -758,6 +867,8 @@ class DaskBackend(BaseBackend):
             if cluster is not None:
                 cluster.close(timeout=self._close_timeout)
                 self._own_cluster = None
+            if self._markers is not None:
+                self._markers.close()
 
 
 def _plan(task: Task) -> tuple[tuple[Any, ...], dict[str, float] | None]:
@@ -887,6 +998,37 @@ def _gather_one(future: Future) -> Any:
         return _Unfetchable(exc)
 
 
+class _MarkerSlot(WorkerMarkers):
+    """One slot directory of a backend's marker directory (read only; made by the workers)."""
+
+    def __init__(self, directory: str) -> None:  # noqa: D107 - no new directory, unlike its base
+        self.directory = directory
+
+
+def _started_in(markers: WorkerMarkers, pid: int) -> set[int] | None:
+    """Marker ids of the tasks the dead worker process ``pid`` had started and not ended.
+
+    ``None`` when that cannot be told: the process still exists here (it is another host's
+    worker, or not dead yet) or it left no marker in this host's directory.
+    """
+    dead, _ = exit_status(pid)
+    if not dead:
+        return None
+    try:
+        slots = os.listdir(markers.directory)
+    except OSError:
+        return None
+    found = False
+    started: set[int] = set()
+    for slot in slots:
+        for marker_id, (owner, index) in _MarkerSlot(os.path.join(markers.directory, slot)).read().items():
+            if owner == pid:
+                found = True
+                if index == 0:
+                    started.add(marker_id)
+    return started if found else None
+
+
 def _last_worker(error: BaseException) -> str | None:
     worker = getattr(error, "last_worker", None)
     return getattr(worker, "address", None) if worker is not None else None
@@ -925,24 +1067,107 @@ def _load(function_blob: bytes, arguments_blob: bytes | None) -> tuple[Any, tupl
     return function, args, kwargs
 
 
-def call(function_blob: bytes, arguments_blob: bytes | None) -> Any:
-    """Run a sync function task in a worker thread."""
-    function, args, kwargs = _load(function_blob, arguments_blob)
-    return function(*args, **kwargs)
+# Marker slots of this worker process: each task it executes holds one for its duration, so
+# tasks running at the same time (several threads, async tasks) never share a marker.
+_slot_lock = threading.Lock()
+_free_slots: list[int] = []
+_slot_count = 0
+_slot_dirs: set[str] = set()  # slot directories known to exist
+_no_markers: set[str] = set()  # marker directories this host does not have (another host)
 
 
-async def call_async(function_blob: bytes, arguments_blob: bytes | None, timeout: float | None) -> Any:
-    """Run an ``async`` function task on the worker's event loop (as Dask runs coroutines)."""
-    function, args, kwargs = _load(function_blob, arguments_blob)
-    if timeout is None:
-        return await function(*args, **kwargs)
+def _begin(markers: str | None, marker_id: int) -> tuple[Any, int] | None:
+    """Mark task ``marker_id`` started in this process's marker (``None``: no marker here)."""
+    global _slot_count
+    if markers is None or markers in _no_markers:
+        return None
+    with _slot_lock:
+        if _free_slots:
+            slot = _free_slots.pop()
+        else:
+            slot = _slot_count
+            _slot_count += 1
+    directory = os.path.join(markers, str(slot))
     try:
-        return await asyncio.wait_for(function(*args, **kwargs), timeout)
-    except asyncio.TimeoutError:
-        raise TimeoutError(f"the task exceeded its timeout of {timeout} s") from None
+        if directory not in _slot_dirs:
+            try:
+                os.mkdir(directory, 0o700)
+            except FileExistsError:
+                pass
+            _slot_dirs.add(directory)
+        marker = worker_marker(directory)
+    except OSError:
+        # The backend's directory is not on this host: its markers could not be read anyway.
+        _no_markers.add(markers)
+        with _slot_lock:
+            _free_slots.append(slot)
+        return None
+    mark_chunk(marker, marker_id)
+    return marker, slot
+
+
+def _end(handle: tuple[Any, int] | None) -> None:
+    """Mark the task of ``handle`` ended and free its slot."""
+    if handle is None:
+        return
+    marker, slot = handle
+    mark_task(marker, 1)
+    with _slot_lock:
+        _free_slots.append(slot)
+
+
+def call(marker_id: int, function_blob: bytes, arguments_blob: bytes | None,
+         markers: str | None = None) -> Any:
+    """Run a sync function task in a worker thread."""
+    handle = _begin(markers, marker_id)
+    try:
+        function, args, kwargs = _load(function_blob, arguments_blob)
+        return function(*args, **kwargs)
+    finally:
+        _end(handle)
+
+
+async def call_async(marker_id: int, function_blob: bytes, arguments_blob: bytes | None,
+                     timeout: float | None, markers: str | None = None) -> Any:
+    """Run an ``async`` function task on the worker's event loop (as Dask runs coroutines)."""
+    handle = _begin(markers, marker_id)
+    try:
+        function, args, kwargs = _load(function_blob, arguments_blob)
+        if timeout is None:
+            return await function(*args, **kwargs)
+        try:
+            return await asyncio.wait_for(function(*args, **kwargs), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"the task exceeded its timeout of {timeout} s") from None
+    finally:
+        _end(handle)
 
 
 def run_executable(
+    marker_id: int,
+    key: str,
+    executable: str,
+    arguments: list[str],
+    cwd: str | None,
+    env: dict[str, str] | None,
+    shell: bool,
+    timeout: float | None,
+    markers: str | None = None,
+) -> tuple[int, str, str, str | None]:
+    """Run an executable task in its own process group; return (exit code, stdout, stderr, why
+    it was stopped: ``"timeout"``, ``"cancelled"`` or ``None``).
+
+    Raises:
+        OSError: the program or ``cwd`` does not exist (the task fails with it).
+    """
+    handle = _begin(markers, marker_id)
+    try:
+        return _run_process(key, executable, arguments, cwd, env, shell, timeout)
+    finally:
+        _end(handle)
+
+
+def _run_process(
     key: str,
     executable: str,
     arguments: list[str],
@@ -951,12 +1176,6 @@ def run_executable(
     shell: bool,
     timeout: float | None,
 ) -> tuple[int, str, str, str | None]:
-    """Run an executable task in its own process group; return (exit code, stdout, stderr, why
-    it was stopped: ``"timeout"``, ``"cancelled"`` or ``None``).
-
-    Raises:
-        OSError: the program or ``cwd`` does not exist (the task fails with it).
-    """
     command: Any = (
         " ".join([executable, *map(shlex.quote, arguments)]) if shell else [executable, *arguments]
     )
