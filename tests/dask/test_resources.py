@@ -163,3 +163,39 @@ def test_process_pid_is_not_a_worker() -> None:
     with pytest.raises(ValueError):
         worker_name()
     assert os.getpid() > 0
+
+
+def test_unsatisfiable_executable_carries_the_message_as_stderr(gpu_cluster: Any) -> None:
+    async def body() -> None:
+        async with Session(backends=[DaskBackend(cluster=gpu_cluster)]) as session:
+            task = ComputeTask(executable="/bin/true",
+                               task_backend_specific_kwargs={"resources": {"TPU": 1}})
+            [future] = await session.submit_tasks([task])
+            with pytest.raises(UnsatisfiableResourcesError,
+                               match=r"resource TPU \(no worker advertises it\)"):
+                await future
+            # Never started: like any executable that could not run, a message and no exit code.
+            assert (task.state, task.exit_code) == ("FAILED", None)
+            assert task.stderr == str(task.exception)
+
+    run(body())
+
+
+def test_unsatisfiable_on_a_cluster_without_resources_says_so_plainly() -> None:
+    async def body() -> None:
+        backend = DaskBackend(n_workers=1, threads_per_worker=1)
+        async with Session(backends=[backend]) as session:
+            shell = ComputeTask(executable="/bin/true",
+                                task_backend_specific_kwargs={"resources": {"GPU": 1}})
+            function = ComputeTask(function=worker_name,
+                                   task_backend_specific_kwargs={"resources": {"GPU": 1}})
+            futures = await session.submit_tasks([shell, function])
+            for future in futures:
+                with pytest.raises(UnsatisfiableResourcesError,
+                                   match=r"resource GPU \(no worker advertises any resources\)"):
+                    await future
+            assert (shell.exit_code, shell.stderr) == (None, str(shell.exception))
+            assert "GPU (no worker advertises any resources)" in shell.stderr
+            assert function.stderr is None  # a function task has no stderr of its own
+
+    run(body())

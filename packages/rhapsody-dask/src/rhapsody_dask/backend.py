@@ -684,7 +684,7 @@ class DaskBackend(BaseBackend):
                 workers = await self._worker_resources(fresh=True)
                 why = why_unsatisfiable(resources, workers)
                 if why is not None:
-                    task["exception"] = UnsatisfiableResourcesError(task["uid"], resources, *why)
+                    _refuse(task, UnsatisfiableResourcesError(task["uid"], resources, *why))
                     failed.append((task, _FAILED))
                     kept.append((None, resources))
                     continue
@@ -736,10 +736,10 @@ class DaskBackend(BaseBackend):
                         self._key_of.pop(task["uid"], None)
                         self._restricted.pop(key, None)
                         since.pop(key, None)
-                        task["exception"] = UnsatisfiableResourcesError(
+                        _refuse(task, UnsatisfiableResourcesError(
                             task["uid"], resources, why[0],
                             why[1] + f"; waited {self._unsatisfiable_timeout:g} s for one to join",
-                        )
+                        ))
                         expired.append((task, future))
                 if expired:
                     self.report([(task, _FAILED) for task, _ in expired])
@@ -922,6 +922,15 @@ def _plan(task: Task) -> tuple[tuple[Any, ...], dict[str, float] | None]:
             check_process_options(uid, options)
     frozen = tuple(sorted(resources.items())) if resources else None
     return (kind, frozen, priority), resources
+
+
+def _refuse(task: Task, error: BaseException) -> None:
+    """Fail a task the cluster could not run: an executable also gets the message as its
+    ``stderr`` and no ``exit_code`` (it never ran), as the core reports such executables."""
+    task["exception"] = error
+    if task["function"] is None:
+        task["stderr"] = str(error)
+        task["exit_code"] = None
 
 
 def _apply_deprecated_retries(tasks: Sequence[Task]) -> None:

@@ -55,8 +55,12 @@ def why_unsatisfiable(
         return list(asked), f"asks for resources {wanted} but the Dask cluster has no workers"
     if missing:
         best = {name: max((w.get(name, 0) for w in offered), default=0) for name in missing}
+        nowhere = (
+            "no worker advertises any resources" if not any(any(w.values()) for w in offered)
+            else "no worker advertises it"
+        )
         have = ", ".join(
-            f"{name} (most on one worker: {best[name]:g})" if best[name] else f"{name} (none)"
+            f"{name} (most on one worker: {best[name]:g})" if best[name] else f"{name} ({nowhere})"
             for name in missing
         )
         return missing, (
