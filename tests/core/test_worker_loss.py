@@ -233,3 +233,28 @@ def test_a_session_refuses_a_second_event_loop_at_once() -> None:
     with pytest.raises(RuntimeError, match="another event loop"):
         asyncio.run(session.wait_tasks([task]))
     assert task.state == "DONE" and task.return_value == 1
+
+
+def _pool_thread_that_dies(self: object, cause: object) -> None:
+    # Stands for CPython's pool thread dying inside terminate_broken (a submit racing its walk of
+    # the futures: "dictionary changed size during iteration") before it failed any future.
+    executor = self.executor_reference()  # type: ignore[attr-defined]
+    if executor is not None:
+        executor._broken = "a worker died"
+    raise RuntimeError("dictionary changed size during iteration")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_futures_a_dead_pool_thread_left_pending_are_recovered(
+        pool: ProcessPoolExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    import concurrent.futures.process as stdlib_pool
+
+    monkeypatch.setattr(stdlib_pool._ExecutorManagerThread, "terminate_broken", _pool_thread_that_dies)
+    async with Session(backends=[ConcurrentBackend(executor=pool)]) as session:
+        tasks = [ComputeTask(function=square_or_die, args=(i, 40, "exit"), retries=0) for i in range(120)]
+        await session.submit_tasks(tasks)
+        await session.wait_tasks(tasks, timeout=NO_HANG)
+        assert tasks[40].state == "FAILED" and isinstance(tasks[40].exception, WorkerLostError)
+        healthy = tasks[:40] + tasks[41:]
+        assert [t.return_value for t in healthy] == [i * i for i in range(120) if i != 40]
+        assert session.backends["concurrent"]._queued == {}

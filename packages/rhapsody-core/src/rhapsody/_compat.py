@@ -39,3 +39,8 @@ def process_pool_settings(executor: ProcessPoolExecutor) -> dict[str, Any]:
 def pool_processes(executor: ProcessPoolExecutor) -> list[Any]:
     """The worker processes of a process pool (``multiprocessing.Process`` objects), if known."""
     return list((getattr(executor, "_processes", None) or {}).values())
+
+
+def pool_broken(executor: ProcessPoolExecutor) -> bool:
+    """Whether a process pool has broken (a worker died); ``submit`` would raise."""
+    return bool(getattr(executor, "_broken", False))

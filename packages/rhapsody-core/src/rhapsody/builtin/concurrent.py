@@ -27,7 +27,7 @@ from typing import Any
 
 import cloudpickle
 
-from .._compat import executor_workers, pool_processes, process_pool_settings
+from .._compat import executor_workers, pool_broken, pool_processes, process_pool_settings
 from ..backend import BaseBackend, check_process_options
 from ..errors import WorkerLostError
 from ..hookspecs import hookimpl
@@ -41,6 +41,8 @@ _MAX_CHUNK = 256
 # A pool that keeps breaking with no task of ours in a dead worker (a failing initializer, workers
 # killed while idle) is rebuilt this many times in a row, then its tasks fail with its error.
 _MAX_UNEXPLAINED_BREAKS = 3
+_WATCH_INTERVAL = 1.0  # how often the watchdog looks at broken pools (see _watch_broken_pools)
+_STRANDED_AFTER = 2.0  # how long a broken pool's thread gets to fail its futures itself
 _REAP_WAIT = 1.0  # a dead worker's exit status is there within moments of its sentinel
 _REQUEUED: Any = object()  # in _queued: a task of a broken pool, waiting to be resubmitted
 _KILL_GRACE = 3.0
@@ -131,6 +133,8 @@ class ConcurrentBackend(BaseBackend):
         self._autopsies: dict[Executor, dict[int, tuple[int, int, int | None]]] = {}
         self._autopsy_lock = threading.Lock()
         self._unexplained_breaks = 0
+        self._replaced: set[Executor] = set()  # broken pools that may still hold our chunks
+        self._watchdog: asyncio.Task[None] | None = None
         self._max_subprocesses = max_subprocesses or os.cpu_count() or 1
         self._slots: asyncio.Semaphore | None = None
         # uid -> its chunk (threads) or the chunk's pool future (processes) until the task starts.
@@ -147,6 +151,7 @@ class ConcurrentBackend(BaseBackend):
         self._slots = asyncio.Semaphore(self._max_subprocesses)
         if self._in_processes:
             self._markers = WorkerMarkers()
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch_broken_pools())
 
     # -- submit ------------------------------------------------------------------------------
 
@@ -254,8 +259,8 @@ class ConcurrentBackend(BaseBackend):
     # -- functions: processes ----------------------------------------------------------------
 
     def _process_chunk_done(self, future: Future[Any]) -> None:
-        if future.cancelled():
-            return  # cancel_task resubmitted the rest of the chunk
+        if future.cancelled() or not self._claim(future):
+            return  # cancel_task resubmitted the rest of the chunk, or the watchdog took it
         chunk: list[Task]
         chunk, chunk_id, pool = future.rhapsody_chunk  # type: ignore[attr-defined]
         error = future.exception()
@@ -319,6 +324,50 @@ class ConcurrentBackend(BaseBackend):
         if rest:
             self._loop.call_soon_threadsafe(self._requeue, rest)  # type: ignore[union-attr]
 
+    def _claim(self, future: Future[Any]) -> bool:
+        # A chunk's outcome is handled once: by its done callback, or by the watchdog.
+        with self._autopsy_lock:
+            if getattr(future, "rhapsody_claimed", False):
+                return False
+            future.rhapsody_claimed = True  # type: ignore[attr-defined]
+            return True
+
+    async def _watch_broken_pools(self) -> None:
+        """Recover the chunks of a broken pool whose own thread died before failing them.
+
+        CPython's pool thread fails a broken pool's futures while a submit can still add to the
+        table it walks ("dictionary changed size during iteration"): that thread then dies and
+        the futures it had not reached stay pending forever. Seen once in 250 breaks under load.
+        """
+        noticed: dict[Executor, float] = {}
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(_WATCH_INTERVAL)
+            pools = {self._executor, *self._replaced}
+            broken = [pool for pool in pools if pool_broken(pool)]  # type: ignore[arg-type]
+            if not broken:
+                continue
+            now = loop.time()
+            stranded: dict[Executor, list[Future[Any]]] = {}
+            for value in {id(v): v for v in list(self._queued.values()) if isinstance(v, Future)}.values():
+                chunk_pool = value.rhapsody_chunk[2]  # type: ignore[attr-defined]
+                if chunk_pool in broken and not value.done():
+                    stranded.setdefault(chunk_pool, []).append(value)
+            for pool in broken:
+                if pool not in stranded:
+                    self._replaced.discard(pool)
+                    noticed.pop(pool, None)
+                    continue
+                if now - noticed.setdefault(pool, now) < _STRANDED_AFTER:
+                    continue
+                for future in stranded[pool]:
+                    if self._claim(future):
+                        chunk, chunk_id, _ = future.rhapsody_chunk  # type: ignore[attr-defined]
+                        self._recover(chunk, chunk_id, pool)
+                for process in pool_processes(pool):  # type: ignore[arg-type]
+                    if process.is_alive():
+                        process.terminate()  # the dead thread never stopped them
+
     def _autopsy(self, pool: Executor) -> dict[int, tuple[int, int, int | None]]:
         """chunk id -> (pid, index, exit code) for each chunk that was running in a dead worker
         of ``pool``; counts the break as unexplained when there is none."""
@@ -372,6 +421,7 @@ class ConcurrentBackend(BaseBackend):
             ) from error
         self._executor = ProcessPoolExecutor(**settings)
         self._owns_executor = True
+        self._replaced.add(broken)
         broken.shutdown(wait=False, cancel_futures=True)
 
     # -- executables -------------------------------------------------------------------------
@@ -473,6 +523,8 @@ class ConcurrentBackend(BaseBackend):
             self._cancel_driver(driver)
         if drivers:
             await asyncio.wait([driver.job for driver in drivers], timeout=_KILL_GRACE + 5)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._markers is not None:
             self._markers.close()
         if not self._owns_executor:
