@@ -95,8 +95,12 @@ class DaskBackend(BaseBackend):
     ``env`` (the whole environment of the process) and ``shell``. ``retries`` (int) is deprecated:
     it is applied as ``ComputeTask(retries=n, retry_exceptions=True)``.
 
-    A task whose worker is lost is reported ``FAILED`` with :class:`rhapsody.WorkerLostError`
-    naming the worker, and the session runs it again up to ``task.retries``. The backend's own
+    A task whose worker is lost while executing it is reported ``FAILED`` with
+    :class:`rhapsody.WorkerLostError` naming the worker, and the session runs it again up to
+    ``task.retries``. Tasks lost with that worker that were only queued on it are handed to Dask
+    again by the backend, unreported and uncharged (told apart by the worker markers of
+    :mod:`rhapsody.builtin.worker_markers`; for workers on this host only: a lost task of a
+    worker on another host is always charged). The backend's own
     cluster is started with ``distributed.scheduler.allowed-failures = 0`` so that the session's
     count is the only one. An injected cluster keeps its own policy: Dask first re-runs such a
     task up to its ``allowed-failures``, and those re-runs count in ``task.retried``.
@@ -332,7 +336,11 @@ class DaskBackend(BaseBackend):
                         failed.append((task, _FAILED))
         if failed:
             self.report(failed)
-        if self._watcher is None and self._needs_watch():
+        self._ensure_watcher()
+
+    def _ensure_watcher(self) -> None:
+        """Start the worker watcher when tasks need it (on the session's loop)."""
+        if self._watcher is None and not self._stopping and self._needs_watch():
             self._watcher = asyncio.get_running_loop().create_task(self._watch_workers())
 
     def _map(self, group: tuple[Any, ...], members: list[tuple[Task, str]]) -> None:
@@ -466,7 +474,7 @@ class DaskBackend(BaseBackend):
         updates: list[tuple[Task, str]] = []
         again: list[Future] = []
         lost_in_erred: dict[int, int] = {}
-        marker_ids: dict[int, int] = {}  # id(task) -> marker id of an erred attempt
+        marker_ids: dict[int, int] = {}  # id(task) -> marker id of its attempt
         with self._lock:
             live_pop, key_of, restricted = self._live.pop, self._key_of, self._restricted
             lost_on, marker_pop = self._lost_on, self._marker_of.pop
@@ -488,6 +496,8 @@ class DaskBackend(BaseBackend):
                 if entry is None:
                     continue  # cancelled or failed by the backend, already reported
                 task = entry[0]
+                if marker_id is not None:
+                    marker_ids[id(task)] = marker_id
                 if key_of.get(task["uid"]) == key:
                     del key_of[task["uid"]]
                 lost = lost_on.pop(key, 0) if lost_on else 0
@@ -498,8 +508,6 @@ class DaskBackend(BaseBackend):
                 elif status == "error":
                     if lost:
                         lost_in_erred[id(task)] = lost
-                    if marker_id is not None:
-                        marker_ids[id(task)] = marker_id
                     erred.append(entry)
                 else:
                     # Dask dropped the task without us asking (client or scheduler gone).
@@ -536,7 +544,7 @@ class DaskBackend(BaseBackend):
         """Fill the result fields of ended tasks; collect their updates.
 
         ``lost_in_erred``: by ``id(task)``, the worker losses an erred task went through.
-        ``marker_ids``: by ``id(task)``, the marker id of an erred task's attempt.
+        ``marker_ids``: by ``id(task)``, the marker id of an ended task's attempt.
         ``bystanders``: gets the tasks lost with a worker they were not executing in, with their
         ``WorkerLostError``; they are not reported (the caller runs them again).
         """
@@ -549,7 +557,18 @@ class DaskBackend(BaseBackend):
                 values = [_gather_one(future) for future in futures]
             for (task, _), value in zip(finished, values):
                 if isinstance(value, _Unfetchable):
-                    task["exception"] = value.error
+                    error = value.error
+                    if self._killed_worker is not None and isinstance(error, self._killed_worker):
+                        # It finished, its result was lost with its worker, and the worker
+                        # computing it again died too.
+                        lost = self._worker_lost(task, error, marker_ids.get(id(task)), started_in)
+                        if lost is None:
+                            bystanders.append((task, WorkerLostError(task["uid"])))
+                            continue
+                        error = lost
+                        if task["function"] is None:
+                            task["stderr"] = f"{type(error).__name__}: {error}"
+                    task["exception"] = error
                     updates.append((task, _FAILED))
                 elif task["function"] is not None:
                     task["return_value"] = value
@@ -562,18 +581,9 @@ class DaskBackend(BaseBackend):
             except BaseException as exc:  # noqa: BLE001 - the exception itself could not arrive
                 error = exc
             if self._killed_worker is not None and isinstance(error, self._killed_worker):
-                lost = WorkerLostError(task["uid"], worker=_last_worker(error))
-                lost.__cause__ = error
-                # Dask already ran it again on other workers this many times (a cluster given
-                # with its own allowed-failures): they count as the session's re-runs, so that
-                # the attempts add up instead of multiplying.
-                # Exact, unlike the count of removal events, which may still be on their way.
-                rerun_by_dask = getattr(error, "allowed_failures", 0)
-                if isinstance(rerun_by_dask, int) and rerun_by_dask > 0:
-                    task["retried"] = task.get("retried", 0) + rerun_by_dask
-                elif rerun_by_dask == 0 and self._was_bystander(
-                        error, marker_ids.get(id(task)), started_in):
-                    bystanders.append((task, lost))
+                lost = self._worker_lost(task, error, marker_ids.get(id(task)), started_in)
+                if lost is None:
+                    bystanders.append((task, WorkerLostError(task["uid"], worker=_last_worker(error))))
                     continue
                 error = lost
             elif id(task) in lost_in_erred:  # lost, run again by Dask, then it raised
@@ -582,6 +592,25 @@ class DaskBackend(BaseBackend):
                 task["stderr"] = f"{type(error).__name__}: {error}"
             task["exception"] = error
             updates.append((task, _FAILED))
+
+    def _worker_lost(
+        self, task: Task, error: BaseException, marker_id: int | None,
+        started_in: dict[int, set[int] | None],
+    ) -> WorkerLostError | None:
+        """The ``WorkerLostError`` a task Dask failed with ``KilledWorker`` ends with, or ``None``
+        when it was only queued on the dead worker (it is then run again, uncharged)."""
+        rerun_by_dask = getattr(error, "allowed_failures", 0)
+        if rerun_by_dask == 0 and self._was_bystander(error, marker_id, started_in):
+            return None
+        lost = WorkerLostError(task["uid"], worker=_last_worker(error))
+        lost.__cause__ = error
+        # Dask already ran it again on other workers this many times (a cluster given with its
+        # own allowed-failures): they count as the session's re-runs, so that the attempts add
+        # up instead of multiplying.
+        # Exact, unlike the count of removal events, which may still be on their way.
+        if isinstance(rerun_by_dask, int) and rerun_by_dask > 0:
+            task["retried"] = task.get("retried", 0) + rerun_by_dask
+        return lost
 
     def _was_bystander(
         self, error: BaseException, marker_id: int | None, started_in: dict[int, set[int] | None]
@@ -643,6 +672,13 @@ class DaskBackend(BaseBackend):
                         if task["function"] is None:
                             task["stderr"] = f"WorkerLostError: {lost_of[id(task)]}"
                         updates.append((task, _FAILED))
+        loop = self._loop
+        if groups and loop is not None:
+            # The watcher may have ended while these tasks were out of _live.
+            try:
+                loop.call_soon_threadsafe(self._ensure_watcher)
+            except RuntimeError:  # the session's loop has closed
+                pass
 
     def _key(self, task: Task) -> str:
         """The Dask key of a task's current attempt (a session re-run gets a new one)."""
