@@ -377,10 +377,10 @@ def test_get_backend_passes_options_and_rejects_unknown_ones() -> None:
     assert backend.executor._max_workers == 3  # type: ignore[attr-defined]
     with pytest.raises(TypeError, match=r"^backend 'concurrent' \(ConcurrentBackend\) has no option "
                                         r"'workers'; its options are: executor, max_workers, processes, "
-                                        r"max_subprocesses$"):
+                                        r"max_subprocesses, name$"):
         rhapsody.get_backend("concurrent", workers=3)
     with pytest.raises(TypeError, match=r"^backend 'noop' \(NoopBackend\) has no options 'a', 'b'; "
-                                        r"it takes no options$"):
+                                        r"its options are: name$"):
         rhapsody.get_backend("noop", a=1, b=2)
 
 

@@ -3,7 +3,7 @@
 A backend turns tasks into work on an engine and tells its session, in batches, when tasks end.
 The life cycle is: ``__init__`` (store options, start nothing) -> ``await backend`` (runs
 ``_initialize`` once) -> ``submit_tasks`` / ``cancel_task`` any number of times -> ``close()``
-(runs ``_shutdown`` once).
+(runs ``_shutdown`` once). ``async with backend:`` does the first and the last of these.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import inspect
 import os
 import threading
 from collections.abc import Callable, Generator, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from .task import Task
 
@@ -84,12 +84,16 @@ Receiver = Callable[[Any, str | None], None]
 ``receiver(tasks, state)`` for a sequence of tasks that all reached ``state``."""
 
 
+_B = TypeVar("_B", bound="BaseBackend")
+
+
 class BaseBackend(abc.ABC):
     """Abstract execution backend.
 
-    Subclasses set the class attributes ``name`` (unique among installed backends) and
-    ``task_kinds`` (the subset of ``{"function", "executable", "ai"}`` they can run; a session
-    refuses other kinds at submit), call ``super().__init__()``, and implement
+    Subclasses set the class attributes ``name`` (the registry name, unique among installed
+    backends, and each instance's default name) and ``task_kinds`` (the subset of
+    ``{"function", "executable", "ai"}`` they can run; a session refuses other kinds at submit),
+    take ``name: str | None = None`` and call ``super().__init__(name=name)``, and implement
     :meth:`submit_tasks` and :meth:`cancel_task`, plus :meth:`_initialize` and
     :meth:`_shutdown` when they start or own anything.
 
@@ -101,9 +105,15 @@ class BaseBackend(abc.ABC):
     A backend runs tasks only for the session it was given to: until a session binds it, every
     subclass's ``submit_tasks`` raises ``RuntimeError`` before its own code runs (the check is
     added to each subclass when it is defined).
+
+    Each instance has its own ``name`` (``self.name``): the class's unless ``name=`` is given,
+    so one session can hold two instances of one backend (``name="cpu"``, ``name="io"``) and
+    tasks choose one with ``backend="io"``. ``async with backend:`` awaits the backend on entry
+    and closes it on exit.
     """
 
-    name: ClassVar[str]
+    # The registry name (class attribute) and the default of each instance's own ``name``.
+    name: str
     task_kinds: ClassVar[frozenset[str]] = frozenset({"function", "executable"})
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -112,7 +122,17 @@ class BaseBackend(abc.ABC):
         if callable(own) and not hasattr(own, "_rhapsody_unbound_check"):
             cls.submit_tasks = _refuse_until_bound(own)  # type: ignore[method-assign]
 
-    def __init__(self) -> None:
+    def __init__(self, *, name: str | None = None) -> None:
+        """Set the instance's ``name``: ``name`` when given, else the class's registry name.
+
+        Raises:
+            TypeError: ``name`` is given but is not a non-empty string.
+        """
+        if name is None:
+            name = type(self).name
+        elif not isinstance(name, str) or not name:
+            raise TypeError(f"{type(self).__name__}: name must be a non-empty string, got {name!r}")
+        self.name = name
         self._receiver: Receiver | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
@@ -204,6 +224,15 @@ class BaseBackend(abc.ABC):
             await self._initialize()
             self._initialized = True
         return self
+
+    async def __aenter__(self: _B) -> _B:
+        """``async with backend:`` awaits (initialises) the backend and returns it."""
+        await self._ensure_initialized()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close the backend, whether the block ended normally or raised."""
+        await self.close()
 
     async def close(self) -> None:
         """Shut the backend down; later calls return at once."""

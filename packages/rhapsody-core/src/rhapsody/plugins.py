@@ -61,6 +61,9 @@ class BackendInfo:
 
     ``reason`` says why it cannot run (``available`` is False); ``note`` qualifies a backend that
     can (e.g. a mode it lacks here); ``engine_versions`` names the engine packages it found.
+
+    A ``BackendInfo`` is true exactly when the backend is available, so
+    ``[name for name, ok in discover_backends().items() if ok]`` lists those that can run here.
     """
 
     name: str
@@ -71,6 +74,9 @@ class BackendInfo:
     reason: str | None = None
     note: str | None = None
     engine_versions: Mapping[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return self.available
 
 
 def _describe(exc: BaseException) -> str:
@@ -251,8 +257,11 @@ def discover_backends() -> dict[str, BackendInfo]:
     return result
 
 
-def get_backend(name: str, **options: Any) -> BaseBackend:
+def get_backend(name: str, /, **options: Any) -> BaseBackend:
     """Make a backend instance by name; ``await`` it (or give it to a Session) to start it.
+
+    ``name`` is the registry name; ``options`` go to the backend's constructor, including its
+    own ``name=`` (the instance's name in a session): ``get_backend("concurrent", name="io")``.
 
     Raises:
         BackendUnavailableError: no installed backend has that name, or it cannot run here

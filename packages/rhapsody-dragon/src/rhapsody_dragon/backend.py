@@ -117,6 +117,7 @@ class DragonBackend(BaseBackend):
             be visible from every node. ``None``: a temporary directory, removed on close.
         disable_telemetry: passed to ``Batch(disable_telem=...)``.
         shutdown_timeout: seconds ``close()`` waits for Dragon before forcing it down.
+        name: this instance's name in a session (default ``"dragon"``).
 
     Raises:
         ValueError: a count below 1 or a non-positive ``shutdown_timeout``.
@@ -134,8 +135,9 @@ class DragonBackend(BaseBackend):
         output_dir: str | Path | None = None,
         disable_telemetry: bool = False,
         shutdown_timeout: float = 30.0,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         for label, value in (("num_nodes", num_nodes), ("pool_nodes", pool_nodes),
                              ("workers_per_node", workers_per_node)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

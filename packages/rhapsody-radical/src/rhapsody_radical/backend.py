@@ -99,6 +99,7 @@ class RadicalBackend(BaseBackend):
             session or pilot sandbox and the client session directory.
         activate_venv: set ``VIRTUAL_ENV`` and ``PATH`` for this venv when they do not point to
             it (RP needs an activated venv to start its helpers and the pilot agent).
+        name: this instance's name in a session (default ``"radical"``).
 
     Raises:
         ValueError: ``session`` and ``pilot`` together, pilot options together with ``pilot``,
@@ -130,8 +131,9 @@ class RadicalBackend(BaseBackend):
         session_dir: str | None = None,
         cleanup: bool = False,
         activate_venv: bool = True,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         pilot_options: dict[str, Any] = {"resource": resource, "cores": cores, "gpus": gpus, "nodes": nodes,
                          "runtime": runtime, "queue": queue, "project": project,
                          "access_schema": access_schema}

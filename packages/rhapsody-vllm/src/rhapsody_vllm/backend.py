@@ -110,6 +110,8 @@ class VLLMBackend(BaseBackend):
         server_log: file that receives the owned server's output (default: a temporary file,
             quoted in error messages and removed on close).
         server_args: further command-line arguments for the owned server, verbatim.
+        name: this instance's name in a session (default ``"vllm"``): a session may hold one
+            instance per server, each chosen by tasks with ``backend=``.
         **engine_options: vLLM engine options for the owned server, e.g.
             ``tensor_parallel_size=2, max_model_len=8192, dtype="bfloat16"``; they become
             ``--tensor-parallel-size 2 ...`` (``True`` -> ``--flag``, ``False`` -> ``--no-flag``).
@@ -130,7 +132,7 @@ class VLLMBackend(BaseBackend):
         TypeError: an option of the wrong type.
     """
 
-    name: ClassVar[str] = "vllm"
+    name = "vllm"
     task_kinds: ClassVar[frozenset[str]] = frozenset({"ai"})
 
     def __init__(
@@ -151,9 +153,10 @@ class VLLMBackend(BaseBackend):
         server_env: Mapping[str, str] | None = None,
         server_log: str | None = None,
         server_args: Sequence[str] = (),
+        name: str | None = None,
         **engine_options: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         if model is not None and not isinstance(model, str):
             raise TypeError(f"VLLMBackend: model must be a string, got {model!r}")
         if model is None:

@@ -75,6 +75,7 @@ class ConcurrentBackend(BaseBackend):
         processes: run function tasks on a process pool of this many workers that the backend
             owns, instead of threads: the choice for CPU-bound Python, which threads serialise.
         max_subprocesses: how many executables run at once (default: the number of CPUs).
+        name: this instance's name in a session (default ``"concurrent"``).
 
     A process-pool worker that dies (``os._exit``, a signal, a crash in C code) takes only the
     task it was running: that task fails with :class:`rhapsody.WorkerLostError` (and runs again
@@ -102,8 +103,9 @@ class ConcurrentBackend(BaseBackend):
         max_workers: int | None = None,
         processes: int | None = None,
         max_subprocesses: int | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         if executor is not None and not isinstance(executor, (ThreadPoolExecutor, ProcessPoolExecutor)):
             raise TypeError(
                 f"concurrent: executor must be a ThreadPoolExecutor or ProcessPoolExecutor, "

@@ -20,8 +20,9 @@ class NoopBackend(BaseBackend):
     name = "noop"
     task_kinds = frozenset({"function", "executable", "ai"})
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, name: str | None = None) -> None:
+        """``name``: this instance's name in a session (default ``"noop"``)."""
+        super().__init__(name=name)
 
     async def submit_tasks(self, tasks: Sequence[Task]) -> None:
         self.report_all(tasks, TaskState.DONE)
