@@ -262,7 +262,7 @@ def test_unset_fields_read_as_their_defaults_and_are_not_stored() -> None:
                           ("task_backend_specific_kwargs", {})]:
         assert task[name] == default and getattr(task, name) == default
         assert task.get(name, "other") == default  # a field's default, not get()'s
-        assert name in task
+        assert name not in task and name not in task.keys()  # in: stored fields only
     assert task.get("no_such_field", 7) == 7 and "no_such_field" not in task
     with pytest.raises(KeyError):
         _ = task["no_such_field"]

@@ -5,20 +5,44 @@ callable) and can be inspected by any tool. It is the single source of truth for
 results: sessions and backends keep nothing about a task once it has ended.
 
 A task stores only the fields that hold a value of their own; every other field of its kind reads
-as its default (``None``, ``()``, or an empty mapping) through ``task[name]``, ``task.name``,
-``task.get(name)`` and ``name in task``; iterating a task (``keys()``, ``dict(task)``, JSON)
-shows the stored ones. A function task with no options is four entries, not fifteen: less memory,
+as its default (``None``, ``()``, or an empty mapping) through ``task[name]``, ``task.name`` and
+``task.get(name)``. A function task with no options is four entries, not fifteen: less memory,
 and less work for Python's cyclic collector, which rescans every live task (a workflow that builds
 a million tasks up front holds a million). The mappings ``kwargs`` and
 ``task_backend_specific_kwargs`` read, until set, as one shared read-only empty mapping: assign
 a dict of the task's own rather than filling that one.
+
+The mapping a task *is* holds its stored fields, and every mapping operation agrees on them:
+``name in task``, ``keys()``, iteration, ``len(task)``, ``dict(task)``, ``task.copy()`` (a plain
+dict) and ``copy.copy(task)`` (a task) all see the same keys; only reading a field (``task[name]``,
+``task.name``, ``get``) falls back to the kind's default. ``"stdout" in task`` is therefore false
+until a backend sets it: ask ``task.stdout is not None`` for "has output".
+
+Tasks hash and compare by identity: they are kept in sets and as dict keys (in flight, grouped
+by backend, by plugins) while their fields change, and ``a == b`` must imply
+``hash(a) == hash(b)``. Value equality would break that for a task and its copy (same fields,
+two objects), so ``task == dict(task)`` is false by design. Compare values with ``dict(a) ==
+dict(b)`` (the stored fields, as they are) or ``a.to_dict() == b.to_dict()`` (the portable form).
+
+:meth:`Task.to_dict` and :meth:`Task.from_dict` turn a task into plain JSON/YAML data and back
+(see there for how functions and results are written).
+
+A task and its future hold no reference cycle: while a task is in flight it holds its future
+strongly; once the task is ``DONE`` (the session reads the future to resolve it with the task),
+the task keeps only a weak reference to it, so a task nobody holds is freed at once by reference
+counting. (A failed or cancelled task's future holds no task, so the task keeps it.)
+``task.future`` and ``await task`` keep working after that: while the program holds the
+session's future, ``task.future`` is that one; once it has been dropped, an equivalent resolved
+future (its result: the task) is made on demand.
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import os
+import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -86,17 +110,59 @@ class _EmptyOptions(dict):  # type: ignore[type-arg]
 
 _NO_OPTIONS: dict[str, Any] = _EmptyOptions()
 _MISSING: Any = object()
-_set_slot = object.__setattr__  # sets a task's ``_future`` slot past its __setattr__
+_set_slot = object.__setattr__  # sets a task's ``_held`` slot past its __setattr__
+_DONE = TaskState.DONE
+
+
+_WeakRef = weakref.ref
+_spare_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _revive(task: Task) -> asyncio.Future[Task]:
+    """A future resolved as the task's first one was, for a task whose first one is gone.
+
+    It belongs to the running loop (a session's tasks are awaited on the session's loop) or,
+    when no loop runs, to a private loop that never runs: its result can still be read.
+    """
+    global _spare_loop
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        if _spare_loop is None:
+            _spare_loop = asyncio.new_event_loop()
+        loop = _spare_loop
+    future: asyncio.Future[Task] = loop.create_future()
+    state = task["state"]
+    if state == TaskState.DONE:
+        future.set_result(task)
+    elif state == TaskState.FAILED:
+        from .session import _failure_of  # the session's own rule; imported late (a cycle)
+
+        future.set_exception(_failure_of(task))
+        future.exception()  # read here, so that asyncio does not log it as never retrieved
+    elif state == TaskState.CANCELED:
+        future.cancel()
+    else:
+        # Not ended (its state was set back by hand): hold the new, pending future strongly, so
+        # that the session resolves this one.
+        _set_slot(task, "_held", future)
+        return future
+    _set_slot(task, "_held", _WeakRef(future))
+    return future
 
 
 class Task(dict):  # type: ignore[type-arg]
     """Base class of all tasks: a dict whose keys are also attributes.
 
-    Fields still at their default are not stored but read as it (see the module docstring).
-    ``await task`` waits for a submitted task and returns it, or raises what its future raises.
+    Fields still at their default are not stored but read as it; ``in``, ``keys()``, ``len`` and
+    iteration see only stored fields; tasks compare and hash by identity (see the module
+    docstring). ``await task`` waits for a submitted task and returns it, or raises what its
+    future raises.
     """
 
-    __slots__ = ("_future",)
+    __slots__ = ("_held",)
 
     kind: str = "task"
     # Every field of the task kind and the value it reads as while not stored.
@@ -114,9 +180,6 @@ class Task(dict):  # type: ignore[type-arg]
         if value is _MISSING:
             return self._defaults.get(key, default)
         return value
-
-    def __contains__(self, key: object) -> bool:
-        return dict.__contains__(self, key) or key in self._defaults
 
     # Attribute access maps onto the dict, so ``task.state`` and ``task["state"]`` are one value.
     def __getattr__(self, name: str) -> Any:
@@ -140,10 +203,35 @@ class Task(dict):  # type: ignore[type-arg]
             raise RuntimeError(f"task {self['uid']} has not been submitted to a session")
         return (yield from future.__await__())
 
+    # The session sets and reads ``_future``. A pending future is held strongly; once the task is
+    # DONE, reading it (the session does, to resolve it with the task) leaves only a weak
+    # reference, so task -> future -> task (the future's result) is no cycle. A FAILED or
+    # CANCELED task's future holds no task, and is kept: dropping it unretrieved would make
+    # asyncio log "exception was never retrieved". See the module docstring.
+    def _get_future(self) -> asyncio.Future[Task] | None:
+        held = self._held
+        if held is None:
+            return None
+        if type(held) is _WeakRef:
+            future = held()
+            return future if future is not None else _revive(self)  # type: ignore[no-any-return]
+        if self["state"] == _DONE:
+            _set_slot(self, "_held", _WeakRef(held))
+        return held  # type: ignore[no-any-return]
+
+    def _set_future(self, future: asyncio.Future[Task] | None) -> None:
+        _set_slot(self, "_held", future)
+
+    _future = property(_get_future, _set_future)
+
     @property
     def future(self) -> asyncio.Future[Task] | None:
-        """The future a session made when the task was submitted (``None`` before)."""
-        return self._future
+        """The future a session made when the task was submitted (``None`` before).
+
+        After the task has ended and the program dropped that future, an equivalent resolved
+        future (same result, exception or cancellation).
+        """
+        return self._get_future()
 
     # The future belongs to one event loop and never travels with the task.
     def __reduce__(self) -> tuple[Any, ...]:
@@ -170,11 +258,132 @@ class Task(dict):  # type: ignore[type-arg]
         """Whether the task has reached ``DONE``, ``FAILED`` or ``CANCELED``."""
         return self["state"] in ("DONE", "FAILED", "CANCELED")
 
+    # -- plain data --------------------------------------------------------------------------
+
+    def to_dict(self, include_results: bool = False) -> dict[str, Any]:
+        """The task as plain data for JSON or YAML: what :meth:`from_dict` makes it again from.
+
+        Holds ``kind`` (``"function"``, ``"executable"`` or ``"ai"``) and the fields the task
+        stores, except run-time ones: ``state``, ``retried`` and the result fields are left out
+        unless ``include_results`` is true. Tuples become lists. A function is written as
+        ``"module:qualname"``, and exception types in ``retry_exceptions`` the same way; with
+        ``include_results``, ``exception`` is written as ``"TypeName: message"`` (exception
+        objects are not data). Field values the program chose (``args``, ``kwargs``,
+        ``return_value``, options) are copied as they are: they must be JSON values themselves
+        for the result to serialise.
+
+        Raises:
+            TypeError: the function (or an exception type) cannot be imported back by name: a
+                lambda, a function defined inside another, or one whose module is ``__main__``
+                of a script other processes cannot import (the message names the task).
+        """
+        data: dict[str, Any] = {"kind": self.kind}
+        for key, value in dict.items(self):
+            if key in _RUNTIME_FIELDS and not include_results:
+                continue
+            data[key] = _to_data(self, key, value)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Task:
+        """Make a new, unsubmitted task from :meth:`to_dict`'s data (e.g. read from JSON/YAML).
+
+        ``Task.from_dict`` makes the class its ``kind`` names; ``ComputeTask.from_dict`` and
+        ``AITask.from_dict`` check that it is theirs. The task is validated as its constructor
+        validates; ``uid`` is kept; result fields and fields of the program's own (``task.note``)
+        present in ``data`` are stored as given, and the task is ``NEW`` whatever ``state``
+        says (a new task can be submitted again).
+
+        Raises:
+            ValueError: ``kind`` is missing or unknown, or names another class; or a value the
+                constructor refuses.
+            TypeError: a function reference that is not ``"module:qualname"``, or a value of
+                the wrong type.
+            ImportError, AttributeError: a function reference that cannot be imported here.
+        """
+        if not isinstance(data, Mapping):
+            raise TypeError(f"from_dict takes a mapping, got {type(data).__name__}")
+        fields = dict(data)
+        kind = fields.pop("kind", None)
+        target = _KIND_CLASSES.get(kind) if isinstance(kind, str) else None
+        if target is None:
+            raise ValueError(f"from_dict: kind must be one of {sorted(_KIND_CLASSES)}, got {kind!r}")
+        if cls is not Task and target is not cls:
+            raise ValueError(f"{cls.__name__}.from_dict: the data is a {kind!r} task "
+                             f"({target.__name__}); use Task.from_dict")
+        # Run-time fields and the program's own extra fields (``task.note = ...``) are stored as
+        # given; the others go through the constructor and its checks.
+        stored = {key: fields.pop(key) for key in list(fields)
+                  if key in _RUNTIME_FIELDS or key not in target._defaults}
+        if "function" in fields:
+            fields["function"] = _import_ref(fields["function"], "function")
+        policy = fields.get("retry_exceptions")
+        if isinstance(policy, list):
+            fields["retry_exceptions"] = tuple(_import_ref(ref, "retry_exceptions") for ref in policy)
+        if kind == "ai":
+            task: Task = AITask(**fields)
+        else:
+            task = ComputeTask(**fields)
+        stored.pop("state", None)
+        for key, value in stored.items():
+            if value is not None:
+                dict.__setitem__(task, key, value)
+        return task
+
+
+# Fields a run fills in: left out of to_dict() unless include_results is asked for.
+_RUNTIME_FIELDS = frozenset({"state", "retried", "return_value", "exception", "stdout", "stderr",
+                             "exit_code", "response", "finish_reason", "usage"})
+
+
+def _reference(task: Task, key: str, obj: Any) -> str:
+    """``"module:qualname"`` for a function or class that can be imported back by that name."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not (isinstance(module, str) and isinstance(qualname, str)) or "<" in qualname:
+        raise TypeError(
+            f"task {task['uid']}: {key} {obj!r} cannot be written as data: only a function or "
+            "class defined at the top level of a module can (it is written as 'module:qualname');"
+            " a lambda or a nested function cannot"
+        )
+    try:
+        found = _import_ref(f"{module}:{qualname}", key)
+    except (ImportError, AttributeError, TypeError) as exc:
+        raise TypeError(f"task {task['uid']}: {key} {module}:{qualname} cannot be imported back "
+                        f"by name ({exc})") from None
+    if found is not obj:
+        raise TypeError(f"task {task['uid']}: {key} {obj!r} is not what {module}:{qualname} names")
+    return f"{module}:{qualname}"
+
+
+def _import_ref(ref: Any, key: str) -> Any:
+    if not isinstance(ref, str) or ref.count(":") != 1:
+        raise TypeError(f"from_dict: {key} must be a 'module:qualname' string, got {ref!r}")
+    module_name, qualname = ref.split(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _to_data(task: Task, key: str, value: Any) -> Any:
+    if key == "function" and value is not None:
+        return _reference(task, key, value)
+    if key == "retry_exceptions" and isinstance(value, tuple):
+        return [_reference(task, key, kind) for kind in value]
+    if key == "exception" and isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
 
 def _restore_task(cls: type[Task], fields: dict[str, Any]) -> Task:
     task = cls.__new__(cls)
     dict.update(task, fields)
-    _set_slot(task, "_future", None)
+    _set_slot(task, "_held", None)
     return task
 
 
@@ -361,7 +570,7 @@ class ComputeTask(Task):
         if task_backend_specific_kwargs is not None:
             self["task_backend_specific_kwargs"] = _check_backend_kwargs(
                 "ComputeTask", task_backend_specific_kwargs)
-        _set_slot(self, "_future", None)
+        _set_slot(self, "_held", None)
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -472,4 +681,7 @@ class AITask(Task):
         if task_backend_specific_kwargs is not None:
             self["task_backend_specific_kwargs"] = _check_backend_kwargs(
                 "AITask", task_backend_specific_kwargs)
-        _set_slot(self, "_future", None)
+        _set_slot(self, "_held", None)
+
+
+_KIND_CLASSES: dict[str, type[Task]] = {"function": ComputeTask, "executable": ComputeTask, "ai": AITask}
