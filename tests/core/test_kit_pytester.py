@@ -109,7 +109,7 @@ def test_suite_without_a_backend_skips_with_the_reason(pytester: pytest.Pytester
     (["--rhapsody-backend-option", "=2"], "ERROR: --rhapsody-backend-option expects KEY=VALUE, got '=2'"),
     (["--rhapsody-backend-option", "workers=2"],
      "ERROR: --rhapsody-backend=concurrent: TypeError: backend 'concurrent' (ConcurrentBackend) has no "
-     "option 'workers'; its options are: executor, max_workers, processes, max_subprocesses"),
+     "option 'workers'; its options are: executor, max_workers, processes, max_subprocesses, name"),
 ])
 def test_suite_with_a_bad_backend_option_is_a_usage_error(
     pytester: pytest.Pytester, args: list[str], message: str
@@ -137,3 +137,49 @@ def test_require_rejects_an_unknown_feature_name() -> None:
     with pytest.raises(ValueError, match=r"unknown conformance feature 'gpu'"):
         BackendConformance().require("gpu")
     assert "cancel_queued" in FEATURES
+
+
+def test_tests_of_a_task_kind_the_backend_lacks_are_skipped_with_that_reason(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_functions_only_kit='''
+        from rhapsody.builtin.concurrent import ConcurrentBackend
+        from rhapsody.testing import BackendConformance
+
+        class FunctionsOnly(ConcurrentBackend):
+            task_kinds = frozenset({"function"})
+
+        class TestFunctionsOnly(BackendConformance):
+            backend_name = "concurrent"
+            def make_backend(self, request):
+                return FunctionsOnly(max_workers=2)
+    ''')
+    result = pytester.runpytest_subprocess("-rA", "-p", "no:cacheprovider")
+    seen = outcomes(result)
+    # No feature listed in unsupported: task_kinds alone skips the 14 executable tests (and
+    # threads cannot lose a worker: the 2 worker-loss tests skip too).
+    assert {name for name, word in seen.items() if word == "PASSED"} == {
+        "test_sync_function_returns_value", "test_async_function_returns_value",
+        "test_function_exception_reaches_future_with_its_type", "test_many_tasks_all_complete",
+        "test_unknown_backend_option_is_rejected_by_name",  # with a function task, here
+        "test_unknown_backend_name_is_rejected_at_submit", "test_another_event_loop_is_refused_at_once",
+    }
+    result.assert_outcomes(passed=7, skipped=16)
+    result.stdout.fnmatch_lines(["SKIPPED [[]14] * concurrent does not run executable tasks (its task_kinds: function)"])
+
+
+def test_suite_skips_the_features_named_on_the_command_line(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("-rA", "-p", "no:cacheprovider", "--pyargs", "rhapsody.testing.suite",
+                                           "--rhapsody-backend=concurrent",
+                                           "--rhapsody-backend-option", "max_workers=2",
+                                           "--rhapsody-unsupported=cwd,env", "--rhapsody-unsupported", "shell",
+                                           "-k", "cwd or env or shell or sync_function")
+    result.assert_outcomes(passed=2, skipped=3)  # sync and async functions; cwd, env, shell
+    result.stdout.fnmatch_lines(
+        ["SKIPPED * concurrent does not support cwd: declared unsupported with --rhapsody-unsupported"])
+
+
+def test_suite_refuses_an_unknown_feature_name(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pyargs", "rhapsody.testing.suite",
+                                           "--rhapsody-backend=concurrent", "--rhapsody-unsupported=cwd,gpus")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: --rhapsody-unsupported: unknown feature 'gpus'; the features are: "
+                                 "async_function, cancel_queued, *, worker_loss"])

@@ -42,6 +42,13 @@ FEATURES = frozenset({
 })
 """Feature names a backend may declare in ``unsupported`` (with the reason)."""
 
+# The task kind each feature needs: a backend whose ``task_kinds`` lacks it has those tests
+# skipped without listing them in ``unsupported``.
+_FEATURE_KINDS = {"function": "function", "async_function": "function", "worker_loss": "function",
+                  "executable": "executable", "cwd": "executable", "env": "executable",
+                  "shell": "executable", "timeout": "executable", "cancel_running": "executable",
+                  "cancel_queued": "executable", "close_kills": "executable", "orphans": "executable"}
+
 
 class ConformanceHarness:
     """Runs coroutines on the kit's event loop against the shared session."""
@@ -61,7 +68,10 @@ def shared_harness(suite: Any, request: pytest.FixtureRequest) -> Iterator[Confo
     """One event loop, backend and started session for a whole test class; closed at its end."""
     loop = asyncio.new_event_loop()
     try:
-        session = Session(backends=[suite.make_backend(request)])
+        backend = suite.make_backend(request)
+        # What require() reads: the kinds of task the backend under test runs.
+        type(suite)._rhapsody_task_kinds = frozenset(backend.task_kinds)
+        session = Session(backends=[backend])
         loop.run_until_complete(asyncio.wait_for(session.start(), suite.task_timeout))
         try:
             yield ConformanceHarness(loop, session, suite)
@@ -78,7 +88,9 @@ class BackendConformance:
         backend_name: the backend's registered name.
         backend_options: keyword options for ``rhapsody.get_backend``.
         unsupported: feature name -> why this backend cannot do it (names in ``FEATURES``);
-            those tests are skipped with the reason.
+            those tests are skipped with the reason. Tests of a task kind the backend's
+            ``task_kinds`` lacks (``"function"``, ``"executable"``) are skipped without being
+            listed here.
         task_timeout: seconds any single test may take before it fails as hung.
         many_tasks: how many tasks the throughput test runs.
         queue_fill: how many blocking tasks are submitted to make sure a task stays queued.
@@ -127,11 +139,34 @@ class BackendConformance:
         yield from shared_harness(cls(), request)
 
     def require(self, *features: str) -> None:
+        """Skip the test unless the backend runs the task kinds and has the features it needs.
+
+        Raises:
+            ValueError: a name that is not in ``FEATURES``.
+        """
         for feature in features:
             if feature not in FEATURES:
                 raise ValueError(f"unknown conformance feature {feature!r}")
+            kind = _FEATURE_KINDS.get(feature)
+            kinds = self.task_kinds_under_test()
+            if kind is not None and kinds is not None and kind not in kinds:
+                pytest.skip(f"{self.backend_name} does not run {kind} tasks "
+                            f"(its task_kinds: {', '.join(sorted(kinds))})")
             if feature in self.unsupported:
                 pytest.skip(f"{self.backend_name} does not support {feature}: {self.unsupported[feature]}")
+
+    def task_kinds_under_test(self) -> frozenset[str] | None:
+        """The backend's ``task_kinds``: of the instance the class's session runs once it has
+        started, else of the class registered as ``backend_name``; ``None`` when unknown."""
+        kinds: frozenset[str] | None = type(self).__dict__.get("_rhapsody_task_kinds")
+        if kinds is not None or not self.backend_name:
+            return kinds
+        from ..plugins import _backend_classes  # the class only: no engine check, no import
+
+        info = _backend_classes()[0].get(self.backend_name)
+        if info is None or info.backend_class is None:
+            return None
+        return frozenset(info.backend_class.task_kinds)
 
     def _shell_task(self, script: str, **kwargs: Any) -> ComputeTask:
         return ComputeTask(executable="/bin/sh", arguments=["-c", script], **kwargs)
@@ -369,7 +404,9 @@ class BackendConformance:
 
     def test_unknown_backend_option_is_rejected_by_name(self, rhapsody_harness: ConformanceHarness) -> None:
         async def body(session: Session) -> None:
-            kind = "executable" if "executable" not in self.unsupported else "function"
+            kinds = self.task_kinds_under_test() or frozenset({"executable"})
+            kind = ("executable" if "executable" not in self.unsupported and "executable" in kinds
+                    else "function")
             bad = (self._shell_task("true", task_backend_specific_kwargs={"rhapsody_no_such_option": 1})
                    if kind == "executable" else
                    ComputeTask(function=workloads.square, args=(1,),

@@ -1,8 +1,10 @@
 """pytest plugin (entry point ``pytest11``): options to run the conformance kit on any backend.
 
 ``pytest --pyargs rhapsody.testing.suite --rhapsody-backend=NAME
-[--rhapsody-backend-option KEY=VALUE ...]`` checks an installed backend without a test file.
-VALUE is read as JSON when it parses (``2``, ``true``, ``{"a": 1}``), else taken as a string.
+[--rhapsody-backend-option KEY=VALUE ...] [--rhapsody-unsupported=FEATURE,FEATURE]`` checks an
+installed backend without a test file. VALUE is read as JSON when it parses (``2``, ``true``,
+``{"a": 1}``), else taken as a string. The tests of the features named by
+``--rhapsody-unsupported`` (names in ``rhapsody.testing.FEATURES``) are skipped, saying so.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="backend that rhapsody.testing.suite checks")
     group.addoption("--rhapsody-backend-option", action="append", default=[], metavar="KEY=VALUE",
                     help="option for that backend (repeatable; VALUE parsed as JSON if it can be)")
+    group.addoption("--rhapsody-unsupported", action="append", default=[], metavar="FEATURE,...",
+                    help="conformance features that backend lacks, comma-separated (repeatable): "
+                         "their tests are skipped")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,6 +31,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # every test of the suite.
     name = config.getoption("--rhapsody-backend", default=None)
     options = parse_backend_options(config.getoption("--rhapsody-backend-option", default=[]) or [])
+    parse_unsupported(config.getoption("--rhapsody-unsupported", default=[]) or [])
     if name:
         from ..plugins import get_backend  # here, so that merely installing rhapsody loads nothing
 
@@ -51,3 +57,24 @@ def parse_backend_options(items: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key] = raw
     return options
+
+
+UNSUPPORTED_REASON = "declared unsupported with --rhapsody-unsupported"
+
+
+def parse_unsupported(items: list[str]) -> dict[str, str]:
+    """Turn ``["cwd,env", "shell"]`` into ``{"cwd": reason, "env": reason, "shell": reason}``.
+
+    Raises:
+        pytest.UsageError: a name that is not a conformance feature (the message lists them).
+    """
+    from .conformance import FEATURES
+
+    names = [name.strip() for item in items for name in item.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FEATURES]
+    if unknown:
+        raise pytest.UsageError(
+            f"--rhapsody-unsupported: unknown feature {', '.join(repr(n) for n in unknown)}; "
+            f"the features are: {', '.join(sorted(FEATURES))}"
+        )
+    return dict.fromkeys(names, UNSUPPORTED_REASON)

@@ -7,10 +7,15 @@ import pytest
 from ..backend import BaseBackend
 from ..plugins import get_backend
 from .conformance import BackendConformance
-from .plugin import parse_backend_options
+from .plugin import parse_backend_options, parse_unsupported
 
 
 class TestSelectedBackend(BackendConformance):
+    @pytest.fixture(autouse=True)
+    def _unsupported_from_the_command_line(self, request: pytest.FixtureRequest) -> None:
+        # Before each test's require(): --rhapsody-unsupported names the features to skip.
+        type(self).unsupported = parse_unsupported(request.config.getoption("--rhapsody-unsupported"))
+
     def make_backend(self, request: pytest.FixtureRequest) -> BaseBackend:
         name = request.config.getoption("--rhapsody-backend", default=None)
         if not name:
