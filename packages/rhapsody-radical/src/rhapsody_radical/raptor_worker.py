@@ -74,7 +74,7 @@ class RhapsodyWorker(rp.raptor.DefaultWorker):  # type: ignore[misc]
             os.makedirs(sandbox, exist_ok=True)
             os.chdir(sandbox)
             result = self.get_dispatcher(task["description"]["mode"])(task)
-            outcome = asyncio.run(result) if inspect.isawaitable(result) else result
+            outcome = asyncio.run(result) if inspect.iscoroutine(result) else result
         except Exception as exc:  # noqa: BLE001 - the dispatch process reports it as the call's failure
             outcome = (None, None, 1, None, [repr(exc), traceback.format_exc()])
         sender.send(tuple(outcome))
