@@ -23,6 +23,12 @@ def test_plugin_registers_the_backend() -> None:
     assert backend.task_kinds == frozenset({"function", "executable"})
 
 
+def test_name_is_the_instance_name_in_a_session() -> None:
+    backend = rhapsody.get_backend("dragon", name="dragon-io", num_nodes=1)
+    assert (backend.name, DragonBackend.name) == ("dragon-io", "dragon")
+    assert "name='dragon-io'" in repr(backend)
+
+
 def test_check_available_passes_with_dragonhpc_installed() -> None:
     DragonBackend.check_available()
 

@@ -134,6 +134,16 @@ def test_bad_backend_options_are_refused(options: dict[str, Any], match: str) ->
         RadicalBackend(**options)
 
 
+def test_name_is_the_instance_name_in_a_session() -> None:
+    # Two pilots in one session, by name; nothing starts until the backend is awaited.
+    from rhapsody import Session, get_backend
+
+    a = get_backend("radical", name="pilot-a", cores=1)
+    b = RadicalBackend(name="pilot-b", cores=1)
+    assert (a.name, b.name, RadicalBackend.name) == ("pilot-a", "pilot-b", "radical")
+    assert set(Session(backends=[a, b]).backends) == {"pilot-a", "pilot-b"}
+
+
 def test_attach_objects_are_type_checked() -> None:
     backend = RadicalBackend(pilot="pilot.0000")
     with pytest.raises(TypeError, match="pilot= must be an rp.Pilot"):

@@ -90,6 +90,17 @@ def test_bad_backend_options(options: dict, error: type, message: str) -> None:
         VLLMBackend(**options)
 
 
+def test_one_instance_per_server_by_name() -> None:
+    # name= is the instance's name in a session, never an engine option (--name).
+    big = rhapsody.get_backend("vllm", model="some/model", name="llm-big")
+    small = VLLMBackend(inference_endpoint="http://127.0.0.1:1/v1", name="llm-small")
+    assert (big.name, small.name, VLLMBackend.name) == ("llm-big", "llm-small", "vllm")
+    session = Session(backends=[big, small])
+    assert session.backends["llm-small"] is small  # tasks choose it with backend="llm-small"
+    with pytest.raises(ValueError, match=r"Session: two backends are named 'vllm'"):
+        Session(backends=[VLLMBackend(model="a"), VLLMBackend(model="b")])
+
+
 async def test_unreachable_endpoint_fails_at_start() -> None:
     url = f"http://127.0.0.1:{free_port('127.0.0.1')}/v1"
     session = Session(backends=[VLLMBackend(inference_endpoint=url)])
