@@ -219,10 +219,8 @@ class Task(dict):  # type: ignore[type-arg]
             _set_slot(self, "_held", _WeakRef(held))
         return held  # type: ignore[no-any-return]
 
-    def _set_future(self, future: asyncio.Future[Task] | None) -> None:
-        _set_slot(self, "_held", future)
-
-    _future = property(_get_future, _set_future)
+    # Set straight into the slot by its own (C) setter: no Python call per submitted task.
+    _future = property(_get_future)
 
     @property
     def future(self) -> asyncio.Future[Task] | None:
@@ -378,6 +376,9 @@ def _to_data(task: Task, key: str, value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
     return value
+
+
+Task._future = property(Task._get_future, Task.__dict__["_held"].__set__)  # type: ignore[assignment]
 
 
 def _restore_task(cls: type[Task], fields: dict[str, Any]) -> Task:
