@@ -219,7 +219,7 @@ class ConcurrentBackend(BaseBackend):
             # fail, the call goes on.
             self._fail_chunk(chunk, exc)
             return
-        future.rhapsody_chunk = (chunk, chunk_id, self._executor)  # type: ignore[attr-defined]
+        future.rhapsody_chunk = (chunk, chunk_id, self._executor, payload)  # type: ignore[attr-defined]
         for task in chunk:
             queued[task["uid"]] = future
         # Added last, so a chunk that already finished still releases its tasks (callback runs now).
@@ -264,10 +264,10 @@ class ConcurrentBackend(BaseBackend):
         if future.cancelled() or not self._claim(future):
             return  # cancel_task resubmitted the rest of the chunk, or the watchdog took it
         chunk: list[Task]
-        chunk, chunk_id, pool = future.rhapsody_chunk  # type: ignore[attr-defined]
+        chunk, chunk_id, pool, payload = future.rhapsody_chunk  # type: ignore[attr-defined]
         error = future.exception()
         if isinstance(error, BrokenProcessPool):
-            self._recover(chunk, chunk_id, pool)
+            self._recover(chunk, chunk_id, pool, payload)
             return
         if error is not None:
             # The chunk could not be unpickled in the worker: every task of it failed.
@@ -289,7 +289,7 @@ class ConcurrentBackend(BaseBackend):
 
     # -- processes: a worker died ------------------------------------------------------------
 
-    def _recover(self, chunk: list[Task], chunk_id: int, pool: Executor) -> None:
+    def _recover(self, chunk: list[Task], chunk_id: int, pool: Executor, payload: bytes) -> None:
         """Fail the one task a dead worker was running; queue the rest of ``chunk`` to run again.
 
         Runs in the broken pool's own thread, which fails every future before it stops the
@@ -324,7 +324,9 @@ class ConcurrentBackend(BaseBackend):
             queued.pop(lost["uid"], None)
             self.report([(lost, _FAILED)])
         if rest:
-            self._loop.call_soon_threadsafe(self._requeue, rest)  # type: ignore[union-attr]
+            # A chunk that lost no task goes back as it was, pickled once.
+            again = payload if lost is None else None
+            self._loop.call_soon_threadsafe(self._requeue, rest, again)  # type: ignore[union-attr]
 
     def _claim(self, future: Future[Any]) -> bool:
         # A chunk's outcome is handled once: by its done callback, or by the watchdog.
@@ -364,8 +366,8 @@ class ConcurrentBackend(BaseBackend):
                     continue
                 for future in stranded[pool]:
                     if self._claim(future):
-                        chunk, chunk_id, _ = future.rhapsody_chunk  # type: ignore[attr-defined]
-                        self._recover(chunk, chunk_id, pool)
+                        chunk, chunk_id, _, payload = future.rhapsody_chunk  # type: ignore[attr-defined]
+                        self._recover(chunk, chunk_id, pool, payload)
                 for process in pool_processes(pool):  # type: ignore[arg-type]
                     if process.is_alive():
                         process.terminate()  # the dead thread never stopped them
@@ -397,14 +399,13 @@ class ConcurrentBackend(BaseBackend):
             self._unexplained_breaks += 1
         return dead
 
-    def _requeue(self, tasks: list[Task]) -> None:
-        # On the loop thread. A task cancel_task took meanwhile is no longer _REQUEUED.
+    def _requeue(self, tasks: list[Task], payload: bytes | None) -> None:
+        # On the loop thread. A task cancel_task took meanwhile is no longer _REQUEUED; the rest
+        # stay one chunk (splitting would multiply the pool's items with every break).
         queued = self._queued
-        tasks = [task for task in tasks if queued.get(task["uid"]) is _REQUEUED]
-        if tasks:
-            size = _chunk_size(len(tasks), self._workers)
-            for start in range(0, len(tasks), size):
-                self._submit_chunk(tasks[start:start + size])
+        waiting = [task for task in tasks if queued.get(task["uid"]) is _REQUEUED]
+        if waiting:
+            self._submit_chunk(waiting, payload if len(waiting) == len(tasks) else None)
 
     def _replace_pool(self, error: BrokenProcessPool) -> None:
         """Build a pool like the broken one; the backend owns (and shuts down) the new one.
