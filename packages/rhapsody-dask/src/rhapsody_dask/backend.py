@@ -68,6 +68,9 @@ _KILL_GRACE_S = 3.0
 # is off: LocalCluster(dashboard_address=None) would still bind them to port 8787.
 _NO_DASHBOARD_ADDRESS = "127.0.0.1:0"
 _LOADED_LIMIT = 256
+# How long a lost worker's process may take to be gone before its markers are read; a process
+# of that pid still alive after it is not the dead worker (see _started_in).
+_DEATH_WAIT_S = 2.0
 
 
 class DaskBackend(BaseBackend):
@@ -1053,12 +1056,24 @@ class _MarkerSlot(WorkerMarkers):
 def _started_in(markers: WorkerMarkers, pid: int) -> set[int] | None:
     """Marker ids of the tasks the dead worker process ``pid`` had started and not ended.
 
-    ``None`` when that cannot be told: the process still exists here (it is another host's
-    worker, or not dead yet) or it left no marker in this host's directory.
+    ``None`` when that cannot be told: no marker of that pid is in this host's directory (a
+    worker of another host, or one that never started a task), or a process of that pid is
+    still alive here after ``_DEATH_WAIT_S`` (another host's worker whose pid a process here
+    has, or a worker the scheduler dropped that did not die).
     """
-    dead, _ = exit_status(pid)
-    if not dead:
+    if _read_started(markers, pid) is None:
         return None
+    # The scheduler may hear of the death (its connection closing) while the kernel still tears
+    # the process down; once dead, its markers say their last.
+    deadline = time.monotonic() + _DEATH_WAIT_S
+    while not exit_status(pid)[0]:
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
+    return _read_started(markers, pid)
+
+
+def _read_started(markers: WorkerMarkers, pid: int) -> set[int] | None:
     try:
         slots = os.listdir(markers.directory)
     except OSError:
