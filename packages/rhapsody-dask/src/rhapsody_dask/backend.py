@@ -566,7 +566,8 @@ class DaskBackend(BaseBackend):
                         # computing it again died too.
                         lost = self._worker_lost(task, error, marker_ids.get(id(task)), started_in)
                         if lost is None:
-                            bystanders.append((task, WorkerLostError(task["uid"])))
+                            bystanders.append(
+                                (task, WorkerLostError(task["uid"], worker=_last_worker(error))))
                             continue
                         error = lost
                         if task["function"] is None:
