@@ -11,7 +11,7 @@ import json
 import pytest
 
 from rhapsody import AITask, ComputeTask, Session, TaskExecutionError
-from rhapsody.task import Task
+from rhapsody.task import Task, _WeakRef
 from rhapsody.testing import workloads
 
 
@@ -119,13 +119,15 @@ def test_extra_fields_of_the_program_round_trip() -> None:
 # -- no task -> future -> task cycle ---------------------------------------------------------
 
 
+@pytest.mark.xfail(strict=True, reason="needs Session._apply to leave a weak reference in a DONE task's "
+                                       "_future slot (rhapsody.task._WeakRef): the lead's session.py change")
 async def test_an_ended_task_is_freed_without_the_cyclic_collector() -> None:
     gc.disable()
     try:
         async with Session(backends=["noop"]) as session:
             task = ComputeTask(function=workloads.add, args=(1, 2))
             [future] = await session.submit_tasks([task])
-            assert task.future is future
+            assert task.future is future and future.result() is task
             assert await task is task
             await session.wait_tasks([task])
             uid = task.uid
@@ -135,6 +137,24 @@ async def test_an_ended_task_is_freed_without_the_cyclic_collector() -> None:
             assert not left, "an ended task and its future form a reference cycle"
     finally:
         gc.enable()
+
+
+async def test_a_weakly_held_future_is_read_through_and_revived_when_gone() -> None:
+    # What a session leaves in a DONE task: a weak reference to the future it resolved.
+    async with Session(backends=["noop"]) as session:
+        task = ComputeTask(function=workloads.add, args=(1, 2))
+        [future] = await session.submit_tasks([task])
+        await session.wait_tasks([task])
+        object.__setattr__(task, "_future", _WeakRef(future))
+        assert task.future is future and await task is task  # held by the program: that one
+        del future
+        gc.collect()
+        revived = task.future
+        assert revived is not None and revived.done() and revived.result() is task
+        assert await task is task
+        assert task.future is revived  # kept (weakly) while the program holds it
+        with pytest.raises(ValueError, match=r"has already been submitted"):
+            await session.submit_tasks([task])
 
 
 async def test_future_and_await_keep_working_after_the_future_was_dropped() -> None:

@@ -27,13 +27,14 @@ dict(b)`` (the stored fields, as they are) or ``a.to_dict() == b.to_dict()`` (th
 :meth:`Task.to_dict` and :meth:`Task.from_dict` turn a task into plain JSON/YAML data and back
 (see there for how functions and results are written).
 
-A task and its future hold no reference cycle: while a task is in flight it holds its future
-strongly; once the task is ``DONE`` (the session reads the future to resolve it with the task),
-the task keeps only a weak reference to it, so a task nobody holds is freed at once by reference
-counting. (A failed or cancelled task's future holds no task, so the task keeps it.)
-``task.future`` and ``await task`` keep working after that: while the program holds the
-session's future, ``task.future`` is that one; once it has been dropped, an equivalent resolved
-future (its result: the task) is made on demand.
+A DONE task and its future must not form a reference cycle (task -> future -> task, the future's
+result), or a task the program dropped waits for the cyclic collector instead of being freed at
+once. So a task's ``_future`` slot holds the future strongly only while it may still be needed
+to resolve it (in flight; a FAILED or CANCELED task's future holds no task): once a session has
+resolved a DONE task's future, it leaves a weak reference to it there (``_WeakRef``).
+``task.future`` and ``await task`` read through it: while the program holds the session's future,
+``task.future`` is that one; once it has been dropped, an equivalent future resolved with the task
+is made on demand. (A plain slot keeps submission free of any Python call per task.)
 """
 
 from __future__ import annotations
@@ -110,11 +111,10 @@ class _EmptyOptions(dict):  # type: ignore[type-arg]
 
 _NO_OPTIONS: dict[str, Any] = _EmptyOptions()
 _MISSING: Any = object()
-_set_slot = object.__setattr__  # sets a task's ``_held`` slot past its __setattr__
-_DONE = TaskState.DONE
-
+_set_slot = object.__setattr__  # sets a task's ``_future`` slot past its __setattr__
 
 _WeakRef = weakref.ref
+"""What a session leaves in a DONE task's ``_future`` slot: a weak reference to its future."""
 _spare_loop: asyncio.AbstractEventLoop | None = None
 
 
@@ -145,11 +145,8 @@ def _revive(task: Task) -> asyncio.Future[Task]:
     elif state == TaskState.CANCELED:
         future.cancel()
     else:
-        # Not ended (its state was set back by hand): hold the new, pending future strongly, so
-        # that the session resolves this one.
-        _set_slot(task, "_held", future)
-        return future
-    _set_slot(task, "_held", _WeakRef(future))
+        return future  # not ended (its state was set back by hand): a pending future
+    _set_slot(task, "_future", _WeakRef(future))
     return future
 
 
@@ -162,7 +159,10 @@ class Task(dict):  # type: ignore[type-arg]
     future raises.
     """
 
-    __slots__ = ("_held",)
+    # The session's future for the task: None before submission; the future itself while the
+    # task is in flight (and after it FAILED or was CANCELED: such a future holds no task); a
+    # weak reference to it once the task is DONE (see the module docstring).
+    __slots__ = ("_future",)
 
     kind: str = "task"
     # Every field of the task kind and the value it reads as while not stored.
@@ -198,38 +198,23 @@ class Task(dict):  # type: ignore[type-arg]
             raise AttributeError(name) from None
 
     def __await__(self) -> Generator[Any, None, Task]:
-        future: asyncio.Future[Task] | None = self._future
+        future = self.future
         if future is None:
             raise RuntimeError(f"task {self['uid']} has not been submitted to a session")
         return (yield from future.__await__())
-
-    # The session sets and reads ``_future``. A pending future is held strongly; once the task is
-    # DONE, reading it (the session does, to resolve it with the task) leaves only a weak
-    # reference, so task -> future -> task (the future's result) is no cycle. A FAILED or
-    # CANCELED task's future holds no task, and is kept: dropping it unretrieved would make
-    # asyncio log "exception was never retrieved". See the module docstring.
-    def _get_future(self) -> asyncio.Future[Task] | None:
-        held = self._held
-        if held is None:
-            return None
-        if type(held) is _WeakRef:
-            future = held()
-            return future if future is not None else _revive(self)  # type: ignore[no-any-return]
-        if self["state"] == _DONE:
-            _set_slot(self, "_held", _WeakRef(held))
-        return held  # type: ignore[no-any-return]
-
-    # Set straight into the slot by its own (C) setter: no Python call per submitted task.
-    _future = property(_get_future)
 
     @property
     def future(self) -> asyncio.Future[Task] | None:
         """The future a session made when the task was submitted (``None`` before).
 
-        After the task has ended and the program dropped that future, an equivalent resolved
-        future (same result, exception or cancellation).
+        Once the task is DONE and the program has dropped that future, an equivalent one,
+        resolved with the task.
         """
-        return self._get_future()
+        held: Any = self._future
+        if type(held) is _WeakRef:
+            future = held()
+            return future if future is not None else _revive(self)  # type: ignore[no-any-return]
+        return held  # type: ignore[no-any-return]
 
     # The future belongs to one event loop and never travels with the task.
     def __reduce__(self) -> tuple[Any, ...]:
@@ -378,13 +363,10 @@ def _to_data(task: Task, key: str, value: Any) -> Any:
     return value
 
 
-Task._future = property(Task._get_future, Task.__dict__["_held"].__set__)  # type: ignore[assignment]
-
-
 def _restore_task(cls: type[Task], fields: dict[str, Any]) -> Task:
     task = cls.__new__(cls)
     dict.update(task, fields)
-    _set_slot(task, "_held", None)
+    _set_slot(task, "_future", None)
     return task
 
 
@@ -571,7 +553,7 @@ class ComputeTask(Task):
         if task_backend_specific_kwargs is not None:
             self["task_backend_specific_kwargs"] = _check_backend_kwargs(
                 "ComputeTask", task_backend_specific_kwargs)
-        _set_slot(self, "_held", None)
+        _set_slot(self, "_future", None)
 
     @property
     def kind(self) -> str:  # type: ignore[override]
@@ -682,7 +664,7 @@ class AITask(Task):
         if task_backend_specific_kwargs is not None:
             self["task_backend_specific_kwargs"] = _check_backend_kwargs(
                 "AITask", task_backend_specific_kwargs)
-        _set_slot(self, "_held", None)
+        _set_slot(self, "_future", None)
 
 
 _KIND_CLASSES: dict[str, type[Task]] = {"function": ComputeTask, "executable": ComputeTask, "ai": AITask}
