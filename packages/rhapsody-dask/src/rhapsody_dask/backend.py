@@ -192,6 +192,7 @@ class DaskBackend(BaseBackend):
         # re-runs on a cluster with allowed-failures > 0, which it does not report otherwise.
         self._lost_on: dict[str, int] = {}
         self._previous_handler: Any = None
+        self._worker_seen = 0.0  # monotonic time of the last worker joining or leaving
         # Which task each worker process is executing, readable once it died (same host only):
         # a task lost with its worker that was not executing there is run again uncharged.
         self._markers: WorkerMarkers | None = None
@@ -422,6 +423,8 @@ class DaskBackend(BaseBackend):
     def _on_cluster_event(self, event: Any) -> Any:
         """Count the unexpected worker losses each of our tasks went through (client's loop)."""
         message = event[1] if isinstance(event, tuple) and len(event) == 2 else None
+        if isinstance(message, dict) and message.get("action") in ("add-worker", "remove-worker"):
+            self._worker_seen = time.monotonic()
         if isinstance(message, dict) and message.get("action") == "remove-worker" \
                 and not message.get("expected"):
             keys = message.get("processing-tasks") or ()
@@ -753,7 +756,10 @@ class DaskBackend(BaseBackend):
                 expired: list[tuple[Task, Future]] = []
                 if self._own_cluster is not None:
                     await self._restore_workers(len(workers))
-                if workers or self._own_cluster is None:
+                if workers or self._own_cluster is None or (
+                        workerless_since is not None and self._worker_seen >= workerless_since):
+                    # A worker that joined and died between two looks counts as one: workers
+                    # that keep dying at once (tasks that crash them, queued first) are not gone.
                     workerless_since = None
                 elif workerless_since is None:
                     workerless_since = now
