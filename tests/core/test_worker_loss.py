@@ -104,6 +104,7 @@ async def test_a_lost_worker_is_retried_by_default(tmp_path: pathlib.Path) -> No
 
 async def test_a_task_that_always_kills_its_worker_fails_after_its_retries(tmp_path: pathlib.Path) -> None:
     log = tmp_path / "attempts"
+    before = set(psutil.Process().children())  # other tests' processes are not this one's business
     async with Session(backends=[get_backend("concurrent", processes=2)]) as session:
         task = ComputeTask(function=die_on_first_attempts, args=(str(log), 99), retries=2)
         others = [ComputeTask(function=abs, args=(-i,)) for i in range(200)]
@@ -114,7 +115,7 @@ async def test_a_task_that_always_kills_its_worker_fails_after_its_retries(tmp_p
         assert task.retried == 2
         assert len(log.read_text().split()) == 3  # the first run and two retries
         assert [t.state for t in others] == ["DONE"] * 200
-        workers = psutil.Process().children()
+        workers = set(psutil.Process().children()) - before
     # The backend owned every pool it built: none of their workers outlives the session.
     gone, alive = psutil.wait_procs(workers, timeout=30)
     assert alive == []
