@@ -119,8 +119,6 @@ def test_extra_fields_of_the_program_round_trip() -> None:
 # -- no task -> future -> task cycle ---------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="needs Session._apply to leave a weak reference in a DONE task's "
-                                       "_future slot (rhapsody.task._WeakRef): the lead's session.py change")
 async def test_an_ended_task_is_freed_without_the_cyclic_collector() -> None:
     gc.disable()
     try:

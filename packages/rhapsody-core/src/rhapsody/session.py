@@ -19,9 +19,10 @@ from .backend import BaseBackend, Update
 from .errors import SessionClosedError, TaskExecutionError, WorkerLostError
 from .plugins import get_backend, hook_if_implemented
 from .states import TERMINAL_STATES, TaskState
-from .task import ComputeTask, Task
+from .task import ComputeTask, Task, _WeakRef
 
 _DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
+_set_slot = object.__setattr__  # a task's ``_future`` slot, past its dict-writing __setattr__
 
 # Registering or ending a large batch allocates objects per task and frees nothing; meanwhile
 # Python's cyclic collector would run its full pass over every live task several times (at 100K
@@ -361,6 +362,7 @@ class Session:
 
     def _apply(self, items: Sequence[Any], state: str | None) -> None:
         inflight_pop = self._inflight.pop
+        set_slot, weak = _set_slot, _WeakRef
         with _PausedCollector(len(items)):
             for task, new in _pairs(items, state):
                 if new not in TERMINAL_STATES:
@@ -379,6 +381,9 @@ class Session:
                 try:
                     if new == _DONE:
                         future.set_result(task)
+                        # The future now holds the task: a weak way back, so a DONE task the
+                        # program drops is freed at once, not by the cyclic collector.
+                        set_slot(task, "_future", weak(future))
                     elif new == _FAILED:
                         future.set_exception(_failure_of(task))
                     else:
@@ -457,7 +462,7 @@ class Session:
             future = task._future
             if future is None:
                 raise ValueError(f"task {task['uid']} was never submitted to a session")
-            if not future.done():
+            if type(future) is not _WeakRef and not future.done():  # a weak one: DONE
                 futures.append(future)
         if futures:
             _, pending = await asyncio.wait(futures, timeout=timeout)
@@ -469,7 +474,7 @@ class Session:
         for task in tasks:
             future = task._future
             # Failures are recorded on the task: mark them seen so asyncio does not log them.
-            if not future.cancelled():
+            if type(future) is not _WeakRef and not future.cancelled():
                 future.exception()
         return tasks
 
@@ -501,7 +506,7 @@ class Session:
             return True
         if not await backend.cancel_task(task):
             return False
-        future = task._future
+        future = task.future
         if future is not None and not future.done():
             # Backends report the cancellation themselves; give them a bounded moment.
             await asyncio.wait([future], timeout=grace)
