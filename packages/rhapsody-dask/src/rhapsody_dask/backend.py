@@ -77,6 +77,8 @@ class DaskBackend(BaseBackend):
     """Runs functions (sync and ``async``) and executables on a Dask cluster.
 
     Args:
+        name: this instance's name in a session (default ``"dask"``): two Dask backends (a CPU
+            and a GPU cluster, say) live in one session under two names.
         cluster: an existing Dask cluster object (``LocalCluster``, ``SLURMCluster``,
             ``KubeCluster``, ``LocalCUDACluster``, ...). The backend connects its own client to it
             and closes only that client.
@@ -131,8 +133,9 @@ class DaskBackend(BaseBackend):
         cluster_options: Mapping[str, Any] | None = None,
         unsatisfiable_timeout: float = 10.0,
         close_timeout: float = 30.0,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=name)
         if cluster is not None and client is not None:
             raise ValueError("dask: pass cluster= or client=, not both")
         own = {
