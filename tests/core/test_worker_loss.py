@@ -259,3 +259,30 @@ async def test_futures_a_dead_pool_thread_left_pending_are_recovered(
         healthy = tasks[:40] + tasks[41:]
         assert [t.return_value for t in healthy] == [i * i for i in range(120) if i != 40]
         assert session.backends["concurrent"]._queued == {}
+
+
+class _AsyncCallable:
+    async def __call__(self, value: int) -> int:
+        await asyncio.sleep(0)
+        return value + 1
+
+
+def test_is_async_callable_sees_functions_partials_and_async_call() -> None:
+    import functools
+
+    from rhapsody.backend import is_async_callable
+
+    async def coroutine_function() -> None:
+        pass
+
+    assert is_async_callable(coroutine_function)
+    assert is_async_callable(functools.partial(coroutine_function))
+    assert is_async_callable(_AsyncCallable())
+    assert not is_async_callable(abs) and not is_async_callable(functools.partial(abs, 1))
+
+
+async def test_an_object_with_async_call_takes_a_timeout_on_concurrent() -> None:
+    async with Session() as session:
+        task = ComputeTask(function=_AsyncCallable(), args=(1,), timeout=30)
+        await session.submit_tasks([task])
+        assert (await task).return_value == 2

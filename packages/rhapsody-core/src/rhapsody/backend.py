@@ -20,6 +20,16 @@ from typing import Any, ClassVar, TypeVar
 from .task import Task
 
 
+def is_async_callable(function: Any) -> bool:
+    """Whether calling ``function`` returns a coroutine to await: an ``async def`` function, a
+    ``functools.partial`` of one, or an object whose ``__call__`` is ``async def``."""
+    while isinstance(function, functools.partial):
+        function = function.func
+    # The class attribute, not the instance's: Python calls type(obj).__call__.
+    call = None if inspect.isroutine(function) else inspect.getattr_static(type(function), "__call__", None)
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call)
+
+
 def check_process_options(uid: str, options: Mapping[str, Any]) -> None:
     """Check the types of the ``cwd``, ``env`` and ``shell`` keys of a task's options.
 

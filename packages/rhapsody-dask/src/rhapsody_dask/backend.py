@@ -18,7 +18,6 @@ The hot path, top to bottom:
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import logging
 import os
@@ -35,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rhapsody import BaseBackend, TaskState, WorkerLostError
-from rhapsody.backend import check_process_options
+from rhapsody.backend import check_process_options, is_async_callable
 from rhapsody.builtin.worker_markers import (
     WorkerMarkers,
     exit_status,
@@ -932,7 +931,7 @@ def _plan(task: Task) -> tuple[tuple[Any, ...], dict[str, float] | None]:
     if executable:
         kind = "executable"
     else:
-        kind = "async" if inspect.iscoroutinefunction(task["function"]) else "sync"
+        kind = "async" if is_async_callable(task["function"]) else "sync"
         if kind == "sync" and task["timeout"] is not None:
             raise ValueError(
                 f"task {uid}: Dask cannot interrupt a running sync function, so timeout= works "

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rhapsody import BaseBackend, TaskExecutionError, TaskState, WorkerLostError
+from rhapsody.backend import is_async_callable
 from rhapsody.task import Task
 
 from . import functions
@@ -571,7 +572,7 @@ class RadicalBackend(BaseBackend):
             packed = functions.pack_call(task["function"], task["args"], task["kwargs"])
         except Exception as exc:
             raise TypeError(f"task {task['uid']}: the function or its arguments cannot be pickled: {exc}") from exc
-        runner = (functions.run_packed_async if _is_async(task["function"])
+        runner = (functions.run_packed_async if is_async_callable(task["function"])
                   else functions.run_packed)
         options["mode"] = rp.TASK_FUNCTION
         options["function"] = rp.PythonTask(runner, (packed,), {})
@@ -817,7 +818,3 @@ def _stderr_tail(rp_task: Any) -> str:
     return f"\nstderr:\n{rp_task.stderr.strip()[-2000:]}" if rp_task.stderr else ""
 
 
-def _is_async(function: Any) -> bool:
-    # An object whose __call__ is `async def` is awaited like an async function.
-    return asyncio.iscoroutinefunction(function) or asyncio.iscoroutinefunction(
-        type(function).__call__)

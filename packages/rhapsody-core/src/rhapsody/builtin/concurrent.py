@@ -28,7 +28,7 @@ from typing import Any
 import cloudpickle
 
 from .._compat import executor_workers, pool_broken, pool_processes, process_pool_settings
-from ..backend import BaseBackend, check_process_options
+from ..backend import BaseBackend, check_process_options, is_async_callable
 from ..errors import WorkerLostError
 from ..hookspecs import hookimpl
 from ..states import TaskState
@@ -169,7 +169,7 @@ class ConcurrentBackend(BaseBackend):
                     f"task {task['uid']}: concurrent takes no task_backend_specific_kwargs for "
                     f"function tasks, got {sorted(options)}"
                 )
-            if task["timeout"] is not None and not inspect.iscoroutinefunction(task["function"]):
+            if task["timeout"] is not None and not is_async_callable(task["function"]):
                 raise ValueError(
                     f"task {task['uid']}: concurrent cannot interrupt a running sync function, "
                     "so timeout= works only for async functions and executables"
