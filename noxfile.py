@@ -107,7 +107,7 @@ def tests_dragon(session: nox.Session) -> None:
     kills what is left of it and removes its /dev/shm pools, on failure and timeout too.
     """
     install_core(session)
-    session.install("dragonhpc[batch,telemetry]>=0.15.0", "./packages/rhapsody-dragon[test]")
+    session.install("dragonhpc[batch,telemetry]>=0.15.0,<0.16", "./packages/rhapsody-dragon[test]")
     session.run("pytest", "tests/dragon/test_options.py", *session.posargs, env=DRAGON_TEST_ENV)
     failed = []
     for module in DRAGON_RUNTIME_MODULES:

@@ -30,6 +30,7 @@ from typing import Any
 from rhapsody import BaseBackend, Task, WorkerLostError
 from rhapsody.builtin.worker_markers import exit_status
 
+from . import _compat
 from .runner import TIMED_OUT
 from .templates import ProcessSpec, build_templates, check_options, find_program
 
@@ -211,8 +212,7 @@ class DragonBackend(BaseBackend):
             self._node_count = topology.total_nodes
             self._hostnames = frozenset(h for pool in topology.pool_hostnames for h in pool)
             # Jobs wider than one node's physical cores become multi-node jobs in Batch.
-            self._cores_per_node = int(getattr(batch, "_physical_cores_per_node",
-                                               topology.workers_per_pool[0]))
+            self._cores_per_node = _compat.physical_cores_per_node(batch, topology.workers_per_pool[0])
             self._plain_submitter = batch.options()
         except BaseException:
             batch.terminate(timeout=5.0)
@@ -388,13 +388,15 @@ class DragonBackend(BaseBackend):
         batch = self._batch
         poll = batch.poll
         results = batch.results_ddict
-        results_lock = batch._results_ddict_lock
+        results_lock = _compat.results_lock(batch)
+        chosen_manager = _compat.chosen_manager
+        choose_manager = _compat.manager_chooser(results)
         lock = self._lock
         registry = self._registry
         registry_pop = registry.pop
         tuid_of_pop = self._tuid_of.pop
         cancelled = self._cancelled
-        forget_task = getattr(batch, "_task_log_tasks", {}).pop
+        forget_task = _compat.task_log_forgetter(batch)
         stopping = self._stopping
         from dragon.workflows.batch import TaskCancelledError
 
@@ -437,10 +439,10 @@ class DragonBackend(BaseBackend):
                 # The results DDict client is shared with Batch's own Task.get(): hold its lock and
                 # aim each pop at the shard the task's result was written to.
                 with results_lock:
-                    chosen = results._chosen_manager
+                    chosen = chosen_manager(results)
                     try:
                         for tuid, entry in taken.items():
-                            results._chosen_manager = entry.handle.core.result_ddict_idx
+                            choose_manager(entry.handle.core.result_ddict_idx)
                             value, _traceback, raised = results.pop(tuid)
                             forget_task(tuid, None)
                             if tuid in cancelled:
@@ -450,7 +452,7 @@ class DragonBackend(BaseBackend):
                                 continue
                             updates.append(self._finish(entry, value, raised, TaskCancelledError))
                     finally:
-                        results._chosen_manager = chosen
+                        choose_manager(chosen)
                 taken.clear()
                 if updates:
                     self.report(updates)
