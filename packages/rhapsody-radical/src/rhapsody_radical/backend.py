@@ -27,6 +27,7 @@ from rhapsody.backend import is_async_callable
 from rhapsody.task import Task
 
 from . import functions
+from ._compat import task_description_fields
 from .pilot import (
     PilotSize,
     ensure_rp_environment,
@@ -236,7 +237,7 @@ class RadicalBackend(BaseBackend):
         """
         rp = importlib.import_module("radical.pilot")
         self._rp = rp
-        self._td_schema = frozenset(rp.TaskDescription._schema)
+        self._td_schema = task_description_fields(rp)
         if self._given_pilot is not None and not isinstance(self._given_pilot, rp.Pilot):
             raise TypeError(f"radical backend: pilot= must be an rp.Pilot, got {self._given_pilot!r}")
         if self._given_session is not None and not isinstance(self._given_session, rp.Session):

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from ._compat import pilot_description_fields
+
 log = logging.getLogger("rhapsody_radical")
 
 _TAIL_LINES = 15
@@ -84,7 +86,7 @@ def pilot_description(
             backend owns, or a description RP rejects (its message is kept).
         TypeError: a value of the wrong type for its key.
     """
-    schema = rp.PilotDescription._schema
+    schema = pilot_description_fields(rp)
     for key, value in extra.items():
         if key not in schema:
             raise ValueError(

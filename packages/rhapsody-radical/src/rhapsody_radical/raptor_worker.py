@@ -29,6 +29,7 @@ import cloudpickle  # noqa: F401 - preloaded for the forked calls
 import radical.pilot as rp
 
 from rhapsody_radical import functions  # also preloaded for the forked calls
+from rhapsody_radical._compat import worker_result_queue
 
 
 class RhapsodyWorker(rp.raptor.DefaultWorker):  # type: ignore[misc]
@@ -61,9 +62,10 @@ class RhapsodyWorker(rp.raptor.DefaultWorker):  # type: ignore[misc]
         if outcome is None:
             message = functions.lost_call_message(call.exitcode)
             outcome = (None, message, 1, None, [f"RuntimeError({message!r})", None])
-        self._result_queue.put([task, *outcome])
-        self._result_queue.close()
-        self._result_queue.join_thread()
+        results = worker_result_queue(self)
+        results.put([task, *outcome])
+        results.close()
+        results.join_thread()
         # Skip interpreter clean-up: it flushes streams whose locks another thread of the
         # worker may have held when this process was forked.
         os._exit(0)
