@@ -44,6 +44,7 @@ from rhapsody.builtin.worker_markers import (
 )
 from rhapsody.task import Task
 
+from ._compat import client_event_handler, future_state
 from .errors import TaskLoadError, UnsatisfiableResourcesError
 from .resources import check_resources, why_unsatisfiable
 
@@ -292,7 +293,7 @@ class DaskBackend(BaseBackend):
         assert client is not None
         # A given client may already have a handler for this topic (one per topic): it is
         # chained, and put back on close.
-        self._previous_handler = getattr(client, "_event_handlers", {}).get("all")
+        self._previous_handler = client_event_handler(client, "all")
         client.subscribe_topic("all", self._on_cluster_event)
         self._collector = threading.Thread(
             target=self._collect, name=f"rhapsody-dask-collect-{self._salt}", daemon=True
@@ -417,7 +418,7 @@ class DaskBackend(BaseBackend):
     async def _await_settled(self, future: Future) -> None:
         # The same wait Dask's own as_completed and add_done_callback make: its future state's
         # event is set when the task finished, erred or was cancelled.
-        state = future._state
+        state = future_state(future)
         if state is not None:  # None only for a future not yet bound to its client
             await state.wait()
         self._ended.put(future)
