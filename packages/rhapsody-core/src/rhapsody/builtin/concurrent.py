@@ -296,7 +296,8 @@ class ConcurrentBackend(BaseBackend):
         surviving workers: so the workers found dead here are the ones that broke the pool.
         """
         if self._closed:
-            self._fail_chunk(chunk, WorkerLostError(chunk[0]["uid"], "process pool, shut down"))
+            # Terminated by _shutdown: the session has already ended these tasks CANCELED.
+            self._fail_chunk(chunk, RuntimeError("the backend closed its process pool"))
             return
         with self._autopsy_lock:  # two broken pools' threads can report at once
             dead = self._autopsies.get(pool)
