@@ -17,6 +17,7 @@ import os
 import shutil
 import struct
 import tempfile
+import weakref
 
 _MARKER = struct.Struct("qq")  # chunk id, index of the task started (len(chunk): all ended)
 _INDEX = struct.Struct("q")
@@ -57,6 +58,8 @@ class WorkerMarkers:
     def __init__(self) -> None:
         base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
         self.directory = tempfile.mkdtemp(prefix="rhapsody-workers-", dir=base)
+        # Also removed when a program exits without closing its backend (memory, not disk).
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.directory, True)
 
     def read(self) -> dict[int, tuple[int, int]]:
         """chunk id -> (pid, index of the task started) for every worker that has run a chunk."""
@@ -76,15 +79,8 @@ class WorkerMarkers:
                 found[chunk_id] = (int(name), index)
         return found
 
-    def forget(self, pid: int) -> None:
-        """Drop a dead worker's marker, so a later pid of the same number starts clean."""
-        try:
-            os.unlink(os.path.join(self.directory, str(pid)))
-        except OSError:
-            pass
-
     def close(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
+        self._cleanup()
 
 
 def exit_status(pid: int) -> tuple[bool, int | None]:
