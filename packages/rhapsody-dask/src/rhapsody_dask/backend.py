@@ -18,6 +18,7 @@ The hot path, top to bottom:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -30,7 +31,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from rhapsody import BaseBackend, TaskState, WorkerLostError
@@ -1186,22 +1187,28 @@ def _end(handle: tuple[Any, int] | None) -> None:
         _free_slots.append(slot)
 
 
+@contextlib.contextmanager
+def _marked(markers: str | None, marker_id: int) -> Iterator[None]:
+    """Task ``marker_id`` is marked started in this worker process while the block runs."""
+    handle = _begin(markers, marker_id)
+    try:
+        yield
+    finally:
+        _end(handle)
+
+
 def call(marker_id: int, function_blob: bytes, arguments_blob: bytes | None,
          markers: str | None = None) -> Any:
     """Run a sync function task in a worker thread."""
-    handle = _begin(markers, marker_id)
-    try:
+    with _marked(markers, marker_id):
         function, args, kwargs = _load(function_blob, arguments_blob)
         return function(*args, **kwargs)
-    finally:
-        _end(handle)
 
 
 async def call_async(marker_id: int, function_blob: bytes, arguments_blob: bytes | None,
                      timeout: float | None, markers: str | None = None) -> Any:
     """Run an ``async`` function task on the worker's event loop (as Dask runs coroutines)."""
-    handle = _begin(markers, marker_id)
-    try:
+    with _marked(markers, marker_id):
         function, args, kwargs = _load(function_blob, arguments_blob)
         if timeout is None:
             return await function(*args, **kwargs)
@@ -1209,8 +1216,6 @@ async def call_async(marker_id: int, function_blob: bytes, arguments_blob: bytes
             return await asyncio.wait_for(function(*args, **kwargs), timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"the task exceeded its timeout of {timeout} s") from None
-    finally:
-        _end(handle)
 
 
 def run_executable(
@@ -1230,11 +1235,8 @@ def run_executable(
     Raises:
         OSError: the program or ``cwd`` does not exist (the task fails with it).
     """
-    handle = _begin(markers, marker_id)
-    try:
+    with _marked(markers, marker_id):
         return _run_process(key, executable, arguments, cwd, env, shell, timeout)
-    finally:
-        _end(handle)
 
 
 def _run_process(
