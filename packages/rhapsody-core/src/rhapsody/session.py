@@ -19,10 +19,9 @@ from .backend import BaseBackend, Update
 from .errors import SessionClosedError, TaskExecutionError, WorkerLostError
 from .plugins import get_backend, hook_if_implemented
 from .states import TERMINAL_STATES, TaskState
-from .task import ComputeTask, Task, _WeakRef
+from .task import ComputeTask, Task, _set_slot, _WeakRef
 
 _DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
-_set_slot = object.__setattr__  # a task's ``_future`` slot, past its dict-writing __setattr__
 
 # Registering or ending a large batch allocates objects per task and frees nothing; meanwhile
 # Python's cyclic collector would run its full pass over every live task several times (at 100K
@@ -286,7 +285,7 @@ class Session:
         compute_backend = self._compute_backend
         validate = self._validate
         create_future = self._future_factory
-        set_future = object.__setattr__
+        set_future = _set_slot
         submitted = TaskState.SUBMITTED
         groups: dict[BaseBackend, list[Task]] = {}
         futures: list[asyncio.Future[Task]] = []
@@ -338,7 +337,7 @@ class Session:
         # Back to how the caller made it: unsubmitted, NEW, pinned to a backend only if it was.
         if self._inflight.get(task["uid"]) is task:  # not the other task a duplicate uid names
             del self._inflight[task["uid"]]
-        object.__setattr__(task, "_future", None)
+        _set_slot(task, "_future", None)
         task["state"] = TaskState.NEW
         if task not in named:
             task["backend"] = None
