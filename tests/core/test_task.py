@@ -111,10 +111,10 @@ def test_backend_kwargs_are_copied() -> None:
 
 
 @pytest.mark.parametrize(("name", "hint"), [
-    ("gpu", r'Pass task_backend_specific_kwargs=\{"resources": \{"GPU": n\}\}'),
-    ("ranks", r'Pass task_backend_specific_kwargs=\{"process_templates"'),
-    ("memory", r'Pass task_backend_specific_kwargs=\{"resources": \{"memory": bytes\}\}'),
-    ("cpu_threads", r'Pass task_backend_specific_kwargs=\{"resources": \{"CPU": n\}\}'),
+    ("gpu", r'Pass resources=\{"gpus_per_rank": n\}'),
+    ("ranks", r'Pass resources=\{"ranks": n\}'),
+    ("memory", r'Pass resources=\{"memory_per_rank": mib\}'),
+    ("cpu_threads", r'Pass resources=\{"cores_per_rank": n\}'),
     ("environment", r'Pass task_backend_specific_kwargs=\{"env": \{...\}\}'),
     ("env", r'Pass task_backend_specific_kwargs=\{"env": \{...\}\}'),
     ("cwd", r'Pass task_backend_specific_kwargs=\{"cwd": "/path"\}'),

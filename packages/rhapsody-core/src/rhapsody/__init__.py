@@ -16,6 +16,7 @@ from .backend import BaseBackend
 from .errors import BackendUnavailableError, SessionClosedError, TaskExecutionError, WorkerLostError
 from .hookspecs import hookimpl
 from .plugins import BackendInfo, discover_backends, get_backend, register_plugin, unregister_plugin
+from .resources import Resources
 from .session import Session
 from .states import TERMINAL_STATES, TaskState
 from .task import AITask, ComputeTask, Task
@@ -26,6 +27,7 @@ __all__ = [
     "BackendUnavailableError",
     "BaseBackend",
     "ComputeTask",
+    "Resources",
     "Session",
     "SessionClosedError",
     "TERMINAL_STATES",

@@ -47,6 +47,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .resources import check_request
 from .states import TaskState
 
 if TYPE_CHECKING:
@@ -60,13 +61,12 @@ _uid_prefix = f"task.{os.getpid()}."
 # Parameters that RHAPSODY 0.2 accepted but no backend ever honoured. Naming them is an error that
 # says what to write instead, never a value silently kept.
 _REMOVED_PARAMETERS: dict[str, str] = {
-    "gpu": 'task_backend_specific_kwargs={"resources": {"GPU": n}} (Dask) or '
-    '{"process_template": {...}} (Dragon)',
-    "ranks": 'task_backend_specific_kwargs={"process_templates": [(nranks, {...})]} (Dragon) or '
-    '{"ranks": n} (RADICAL-Pilot)',
-    "memory": 'task_backend_specific_kwargs={"resources": {"memory": bytes}} (Dask)',
-    "cpu_threads": 'task_backend_specific_kwargs={"resources": {"CPU": n}} (Dask) or '
-    '{"cores_per_rank": n} (RADICAL-Pilot)',
+    "gpu": 'resources={"gpus_per_rank": n} (ComputeTask; honoured or refused by every backend)',
+    "ranks": 'resources={"ranks": n} (ComputeTask; honoured or refused by every backend)',
+    "memory": 'resources={"memory_per_rank": mib} (ComputeTask; in MiB, honoured or refused by '
+    "every backend)",
+    "cpu_threads": 'resources={"cores_per_rank": n} (ComputeTask; honoured or refused by every '
+    "backend)",
     "environment": 'task_backend_specific_kwargs={"env": {...}}',
     "env": 'task_backend_specific_kwargs={"env": {...}}',
     "cwd": 'task_backend_specific_kwargs={"cwd": "/path"} (or {"process_template": {"cwd": ...}} '
@@ -431,10 +431,16 @@ class ComputeTask(Task):
             on its own: ``True`` for any failure (an exception, a non-zero exit, a timeout), or
             a tuple of exception types. Default ``False``: a task's own failure is final.
         task_backend_specific_kwargs: options for the backend that runs the task
-            (``cwd``, ``env``, ``shell``, ``resources``, ``process_template``, ...).
+            (``cwd``, ``env``, ``shell``, ``resources``, ``process_template``, ...); where one
+            says the same as ``resources=`` in the engine's own terms, it wins.
+        resources: what the task needs, for every backend: ``{"ranks": 1, "cores_per_rank": 1,
+            "gpus_per_rank": 0, "memory_per_rank": None}``, every key optional, memory in MiB,
+            GPUs whole or a fraction in (0, 1) (see :mod:`rhapsody.resources`). Each backend
+            honours it or refuses the task at submit.
 
     Raises:
-        ValueError: neither or both of ``function`` and ``executable``, or a bad ``timeout``.
+        ValueError: neither or both of ``function`` and ``executable``, a bad ``timeout``, or an
+            unknown ``resources`` key or a value out of range (the message names task and key).
         TypeError: a value of the wrong type, or a parameter RHAPSODY 0.2 ignored (``gpu``,
             ``ranks``, ``memory``, ``cpu_threads``, ``environment``, ``cwd``, ``shell``,
             ``working_directory``); the message says what to pass instead.
@@ -444,7 +450,7 @@ class ComputeTask(Task):
     _defaults: ClassVar[dict[str, Any]] = {
         **_COMMON_FIELDS, "function": None, "executable": None, "args": (), "kwargs": _NO_OPTIONS,
         "arguments": (), "timeout": None, "retries": DEFAULT_RETRIES, "retry_exceptions": False,
-        "retried": 0,
+        "retried": 0, "resources": None,
     }
 
     def __init__(
@@ -461,6 +467,7 @@ class ComputeTask(Task):
         retries: int = DEFAULT_RETRIES,
         retry_exceptions: bool | tuple[type[BaseException], ...] = False,
         task_backend_specific_kwargs: Mapping[str, Any] | None = None,
+        resources: Mapping[str, Any] | None = None,
         **removed: Any,
     ) -> None:
         if removed:
@@ -553,6 +560,10 @@ class ComputeTask(Task):
         if task_backend_specific_kwargs is not None:
             self["task_backend_specific_kwargs"] = _check_backend_kwargs(
                 "ComputeTask", task_backend_specific_kwargs)
+        if resources is not None:
+            request = check_request("ComputeTask", resources, uid=self["uid"])
+            if request is not None:
+                self["resources"] = request
         _set_slot(self, "_future", None)
 
     @property
