@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
+from .inflight import Entry, InFlight
+from .states import TaskState
 from .task import Task
 
 
@@ -152,6 +154,8 @@ class BaseBackend(abc.ABC):
         self._pending_lock = threading.Lock()
         self._initialized = False
         self._closed = False
+        # The tasks handed to the engine and not yet reported ended (see rhapsody.inflight).
+        self.in_flight = InFlight()
 
     # -- to implement ------------------------------------------------------------------------
 
@@ -278,6 +282,34 @@ class BaseBackend(abc.ABC):
         not keep ``tasks`` itself; the caller may reuse the sequence afterwards.
         """
         self._hand_over(tasks, state)
+
+    def fail_in_flight(
+        self,
+        error: Callable[[Task], BaseException],
+        *,
+        where: Callable[[Entry], bool] | None = None,
+    ) -> list[Entry]:
+        """Fail every task still in :attr:`in_flight` (or those ``where`` accepts). Any thread.
+
+        For when the engine itself is gone (a dead cluster, an ended pilot): each task's
+        ``exception`` is set to ``error(task)`` and all are reported ``FAILED`` in one batch. A
+        task whose cancel was already asked for is reported ``CANCELED`` instead. Returns the
+        entries taken, so the backend can release what it kept with them.
+
+        A :class:`rhapsody.WorkerLostError` made with ``retryable=False`` tells the session not
+        to run the task again (use it when the engine can run nothing more).
+        """
+        taken = self.in_flight.pop_all(where)
+        updates: list[Update] = []
+        for entry in taken:
+            if entry.cancelling:
+                updates.append((entry.task, TaskState.CANCELED))
+            else:
+                entry.task["exception"] = error(entry.task)
+                updates.append((entry.task, TaskState.FAILED))
+        if updates:
+            self.report(updates)
+        return taken
 
     def _hand_over(self, items: Sequence[Any], state: str | None) -> None:
         # ``items`` and ``state`` as the receiver takes them (see Receiver).

@@ -43,12 +43,17 @@ class WorkerLostError(RuntimeError):
             or ``None`` when unknown.
         exit_code: the worker's exit status where known; negative for a signal (``-9``: SIGKILL),
             as :mod:`subprocess` reports it.
+        retryable: ``False`` when the backend knows a re-run could only fail the same way (its
+            engine runs nothing more): the session then ends the task ``FAILED`` at once,
+            whatever its ``retries``.
     """
 
-    def __init__(self, uid: str, worker: str | None = None, exit_code: int | None = None) -> None:
+    def __init__(self, uid: str, worker: str | None = None, exit_code: int | None = None,
+                 *, retryable: bool = True) -> None:
         self.uid = uid
         self.worker = worker
         self.exit_code = exit_code
+        self.retryable = retryable
         who = f"its worker ({worker})" if worker else "its worker"
         if exit_code is None:
             how = "died or was killed"
@@ -63,7 +68,15 @@ class WorkerLostError(RuntimeError):
         super().__init__(f"task {uid}: {who} {how} before the task ended")
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.uid, self.worker, self.exit_code))
+        if self.retryable:
+            return (type(self), (self.uid, self.worker, self.exit_code))
+        return (_not_retryable, (type(self), self.uid, self.worker, self.exit_code))
+
+
+def _not_retryable(cls: type[WorkerLostError], uid: str, worker: str | None,
+                   exit_code: int | None) -> WorkerLostError:
+    # pickle passes positional arguments only; this restores the keyword one.
+    return cls(uid, worker, exit_code, retryable=False)
 
 
 class BackendUnavailableError(RuntimeError):

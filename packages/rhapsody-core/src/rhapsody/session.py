@@ -108,6 +108,8 @@ class Session:
         # loop thread, synchronously) wait here, so plugins hear of a submission before its end.
         self._submitting = 0
         self._held: list[tuple[Any, str | None]] = []
+        # Tasks whose failure is final whatever their retries: running them again failed.
+        self._final: set[Task] = set()
         # Looked up again only when plugins change: an unimplemented hook then costs one
         # attribute test per batch.
         self._hook_generation = -1
@@ -368,8 +370,11 @@ class Session:
                     if task["state"] not in TERMINAL_STATES:
                         task["state"] = new
                     continue
-                if new == _FAILED and _wants_retry(task) and self._take_for_retry(task):
-                    continue
+                if new == _FAILED:
+                    if self._final and task in self._final:
+                        self._final.discard(task)
+                    elif _wants_retry(task) and self._take_for_retry(task):
+                        continue
                 # A late report for a task that already ended (e.g. cancelled on close) is ignored.
                 if inflight_pop(task["uid"], None) is None:
                     continue
@@ -435,7 +440,7 @@ class Session:
                     f"{task['retries']}) failed: {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
                 task["exception"] = error
-                task["retries"] = task["retried"]  # this failure is final
+            self._final.update(tasks)
             self._held.append((tasks, _FAILED))
         finally:
             self._submitting -= 1
@@ -570,7 +575,7 @@ def _wants_retry(task: Task) -> bool:
         return False
     error = task["exception"]
     if isinstance(error, WorkerLostError):
-        return True
+        return error.retryable
     policy = task.get("retry_exceptions", False)
     if policy is True:
         return True
