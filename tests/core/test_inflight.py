@@ -153,3 +153,27 @@ def test_worker_lost_error_pickles_with_its_retry_verdict() -> None:
     for retryable in (True, False):
         error = pickle.loads(pickle.dumps(WorkerLostError("t.1", "w", -9, retryable=retryable)))
         assert error.retryable is retryable and error.exit_code == -9 and "SIGKILL" in str(error)
+
+
+class RefusesReruns(EngineGone):
+    name = "refuses-reruns"
+    submits = 0
+
+    async def submit_tasks(self, tasks: Sequence[Task]) -> None:
+        self.submits += 1
+        if self.submits > 1:
+            raise RuntimeError("the engine takes no more work")
+        await super().submit_tasks(tasks)
+
+
+async def test_a_rerun_the_backend_refuses_is_final_even_when_every_exception_is_retried() -> None:
+    backend = RefusesReruns()
+    async with Session(backends=[backend]) as session:
+        task = ComputeTask(function=print, retries=3, retry_exceptions=True)
+        await session.submit_tasks([task])
+        backend.die(retryable=True)
+        await session.wait_tasks([task], timeout=10)
+        assert task.state == "FAILED" and task.retried == 1 and backend.submits == 2
+        assert "running it again (retry 1 of 3) failed" in str(task.exception)
+        assert task.retries == 3  # the task's own setting is left as the user wrote it
+        assert not session._final  # nothing kept once the failure was applied
