@@ -190,11 +190,8 @@ class RadicalBackend(BaseBackend):
         self._uid_counter = itertools.count()
         self._uid_prefix = ""
 
-        # RP uid -> rhapsody task, for every task handed to RP that has not ended.
-        self._tasks: dict[str, Task] = {}
-        self._rp_uid: dict[str, str] = {}  # rhapsody uid -> RP uid
-        self._cancelled: set[str] = set()
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # Tasks handed to RP live in self.in_flight under their RP uid; updates gathered on RP's
+        # subscriber thread wait in _batch until RP's state message ends the sweep.
         self._lock = threading.Lock()
         self._batch: list[tuple[Task, str]] = []
         self._closing = False
@@ -470,25 +467,22 @@ class RadicalBackend(BaseBackend):
                 descriptions.append(self._describe_function(task, rp))
         counter, prefix = self._uid_counter, self._uid_prefix
         # Registered before RP sees the tasks: their first state updates can arrive at once.
-        with self._lock:
-            for task, description in zip(tasks, descriptions):
-                uid = description["uid"] = f"{prefix}{next(counter):06d}"
-                self._tasks[uid] = task
-                self._rp_uid[task["uid"]] = uid
+        entries = []
+        for task, description in zip(tasks, descriptions):
+            uid = description["uid"] = f"{prefix}{next(counter):06d}"
+            entries.append(self.in_flight.add(task, key=uid))
         try:
             self._tmgr.submit_tasks(descriptions)
         except BaseException:
-            with self._lock:
-                for task, description in zip(tasks, descriptions):
-                    self._tasks.pop(description["uid"], None)
-                    self._rp_uid.pop(task["uid"], None)
+            for entry in entries:
+                self.in_flight.pop(entry.key)
             raise
         loop = asyncio.get_running_loop()
-        for task, description in zip(tasks, descriptions):
+        for entry in entries:
+            task = entry.task
             if task["function"] is not None and task["timeout"] is not None:
                 # Raptor has no timeout of its own: the client stops waiting and cancels.
-                self._timers[description["uid"]] = loop.call_later(
-                    task["timeout"], self._expire, description["uid"])
+                entry.timer = loop.call_later(task["timeout"], self._expire, entry.key)
 
     def _options(self, task: Task, allowed: frozenset[str] | None) -> dict[str, Any]:
         options: dict[str, Any] = {}
@@ -585,26 +579,19 @@ class RadicalBackend(BaseBackend):
 
     def _on_task_state(self, rp_task: Any, state: str) -> None:
         uid = rp_task.uid
-        task = self._tasks.get(uid)
-        if task is None:
+        entry = self.in_flight.get(uid)
+        if entry is None:
             if state in self._rp.FINAL and uid in self._raptor_uids:
                 self._raptor_ended(rp_task)
             return
         if state == "AGENT_EXECUTING":
-            self._batch.append((task, _RUNNING))
+            self._batch.append((entry.task, _RUNNING))
             return
         if state not in ("DONE", "FAILED", "CANCELED"):
             return
-        with self._lock:
-            if self._tasks.pop(uid, None) is None:
-                return  # already ended (cancelled on close, timed out, pilot gone)
-            self._rp_uid.pop(task["uid"], None)
-            cancelled = uid in self._cancelled
-            self._cancelled.discard(uid)
-        timer = self._timers.pop(uid, None)
-        if timer is not None:
-            timer.cancel()
-        self._batch.append((task, self._outcome(task, rp_task, state, cancelled)))
+        if self.in_flight.pop(uid) is None:
+            return  # already ended (cancelled on close, timed out, pilot gone)
+        self._batch.append((entry.task, self._outcome(entry.task, rp_task, state, entry.cancelling)))
 
     def _on_state_message(self, topic: str, msg: Any) -> None:
         if self._batch:
@@ -671,19 +658,12 @@ class RadicalBackend(BaseBackend):
         self._fail_all(lambda task: task["function"] is not None, self._raptor_failure)
 
     def _fail_all(self, which: Any, reason: str) -> None:
-        updates = []
-        with self._lock:
-            for uid, task in list(self._tasks.items()):
-                if which(task):
-                    del self._tasks[uid]
-                    self._rp_uid.pop(task["uid"], None)
-                    if task["function"] is not None:
-                        task["exception"] = RuntimeError(f"radical backend: {reason}")
-                    else:
-                        task["exception"] = TaskExecutionError(task["uid"], f"RADICAL-Pilot: {reason}", None)
-                    updates.append((task, _FAILED))
-        if updates:
-            self.report(updates)
+        def error(task: Task) -> BaseException:
+            if task["function"] is not None:
+                return RuntimeError(f"radical backend: {reason}")
+            return TaskExecutionError(task["uid"], f"RADICAL-Pilot: {reason}", None)
+
+        self.fail_in_flight(error, where=lambda entry: which(entry.task))
 
     # -- cancel and timeouts -----------------------------------------------------------------
 
@@ -692,32 +672,24 @@ class RadicalBackend(BaseBackend):
 
         RP kills a running executable's process group (each RP task runs in its own session).
         """
-        with self._lock:
-            uid = self._rp_uid.get(task["uid"])
-            if uid is None or uid not in self._tasks:
-                return False
-            if task["function"] is not None:
-                # Raptor does not report cancellations of calls reliably: the task ends here;
-                # a call already running in the worker may finish, its result is dropped.
-                del self._tasks[uid]
-                del self._rp_uid[task["uid"]]
-            else:
-                self._cancelled.add(uid)
-        self._tmgr.cancel_tasks([uid])
         if task["function"] is not None:
-            timer = self._timers.pop(uid, None)
-            if timer is not None:
-                timer.cancel()
+            # Raptor does not report cancellations of calls reliably: the task ends here; a
+            # call already running in the worker may finish, its result is dropped.
+            entry = self.in_flight.pop_task(task)
+        else:
+            entry = self.in_flight.cancel(task)  # RP reports the CANCELED state
+        if entry is None:
+            return False
+        self._tmgr.cancel_tasks([entry.key])
+        if task["function"] is not None:
             self.report([(task, _CANCELED)])
         return True
 
     def _expire(self, uid: str) -> None:
-        self._timers.pop(uid, None)
-        with self._lock:
-            task = self._tasks.pop(uid, None)
-            if task is None:
-                return
-            self._rp_uid.pop(task["uid"], None)
+        entry = self.in_flight.pop(uid)
+        if entry is None:
+            return
+        task = entry.task
         task["exception"] = TimeoutError(
             f"task {task['uid']} ran longer than its timeout of {task['timeout']} s")
         self._tmgr.cancel_tasks([uid])
@@ -731,23 +703,22 @@ class RadicalBackend(BaseBackend):
         Bounded: RP gets ``15 s`` to report the cancellations; closing an RP session takes a few
         seconds more. Tasks RP did not report by then end ``CANCELED`` through the session.
         """
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        with self._lock:
-            left = list(self._tasks)
-            self._cancelled.update(left)
+        left = []
+        for entry in self.in_flight:
+            if entry.timer is not None:
+                entry.timer.cancel()
+                entry.timer = None
+            entry.cancelling = True
+            left.append(entry.key)
         self._closing = True  # the pilot or Raptor ending from here on is no failure
         if self._tmgr is not None and (left or self._raptor_parts):
             # The Raptor master and workers are tasks this backend started in the pilot.
             self._tmgr.cancel_tasks(left + self._raptor_uids)
             deadline = time.monotonic() + _CANCEL_GRACE
-            while self._tasks and time.monotonic() < deadline:
+            while self.in_flight and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         self._closing = True
-        with self._lock:
-            self._tasks.clear()
-            self._rp_uid.clear()
+        self.in_flight.pop_all()
         await asyncio.to_thread(self._teardown)
 
     def _teardown(self) -> None:
