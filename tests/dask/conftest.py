@@ -22,16 +22,29 @@ def _nanny(**options: Any) -> dict[str, Any]:
 _NO_DASHBOARD = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
 
 
-@pytest.fixture(scope="module")
-def gpu_cluster() -> Iterator[Any]:
-    """One plain worker ("cpu") and one advertising GPU=1 ("gpu"), each one thread."""
+def _spec_cluster(workers: dict[str, dict[str, Any]]) -> Iterator[Any]:
     cluster = distributed.SpecCluster(
-        workers={"cpu": _nanny(), "gpu": _nanny(resources={"GPU": 1})},
-        scheduler={"cls": distributed.Scheduler, "options": _NO_DASHBOARD},
+        workers=workers, scheduler={"cls": distributed.Scheduler, "options": _NO_DASHBOARD},
     )
     try:
         with distributed.Client(cluster) as client:
-            client.wait_for_workers(2, timeout=120)
+            client.wait_for_workers(len(workers), timeout=120)
         yield cluster
     finally:
         cluster.close(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def gpu_cluster() -> Iterator[Any]:
+    """One plain worker ("cpu") and one advertising GPU=1 ("gpu"), each one thread."""
+    yield from _spec_cluster({"cpu": _nanny(), "gpu": _nanny(resources={"GPU": 1})})
+
+
+@pytest.fixture(scope="module")
+def portable_cluster() -> Iterator[Any]:
+    """What portable resources become, four threads each: "gpu" advertises CPU=4, GPU=2,
+    MEMORY=1024 (MiB) and "big" advertises CPU=4, MEMORY=4096."""
+    yield from _spec_cluster({
+        "gpu": _nanny(nthreads=4, resources={"CPU": 4, "GPU": 2, "MEMORY": 1024}),
+        "big": _nanny(nthreads=4, resources={"CPU": 4, "MEMORY": 4096}),
+    })

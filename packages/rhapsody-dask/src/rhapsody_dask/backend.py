@@ -47,7 +47,7 @@ from rhapsody.task import Task
 
 from ._compat import client_event_handler, future_state
 from .errors import TaskLoadError, UnsatisfiableResourcesError
-from .resources import check_resources, why_unsatisfiable
+from .resources import check_resources, portable_resources, why_unsatisfiable
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -95,6 +95,9 @@ class DaskBackend(BaseBackend):
             how long the backend's own cluster may have no worker at all while tasks wait before
             they fail (its workers closed for good).
         close_timeout: seconds each step of shutdown (client, cluster) may take.
+
+    ``ComputeTask(resources=...)`` becomes the Dask resources ``CPU`` (cores), ``GPU`` and
+    ``MEMORY`` (MiB), which workers must advertise; ``ranks`` > 1 is refused at submit.
 
     Per task, ``task_backend_specific_kwargs`` may hold ``resources`` (dict, routes the task to
     workers advertising them), ``priority`` (int, Dask's priority) and, for executables, ``cwd``,
@@ -939,7 +942,9 @@ def _plan(task: Task) -> tuple[tuple[Any, ...], dict[str, float] | None]:
                 f"task {uid}: Dask cannot interrupt a running sync function, so timeout= works "
                 "only for async functions and executables"
             )
-    resources = priority = None
+    # ComputeTask(resources=...) as Dask resources; task_backend_specific_kwargs["resources"],
+    # in Dask's own terms, replaces them where given (ranks > 1 is refused either way).
+    resources, priority = portable_resources(task), None
     if options:
         allowed = _EXECUTABLE_OPTIONS if executable else _DASK_OPTIONS
         unknown = set(options) - allowed
