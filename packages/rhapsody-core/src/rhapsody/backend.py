@@ -14,6 +14,7 @@ import functools
 import inspect
 import os
 import threading
+import warnings
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -255,6 +256,12 @@ class BaseBackend(abc.ABC):
         self._closed = True
         if self._initialized:
             await self._shutdown()
+
+    async def shutdown(self) -> None:
+        """RHAPSODY's name for :meth:`close`; deprecated (one ``DeprecationWarning`` per call)."""
+        warnings.warn("backend.shutdown() is RHAPSODY's name, deprecated: write await "
+                      "backend.close() (see docs/migrating.md)", DeprecationWarning, stacklevel=2)
+        await self.close()
 
     def bind(self, receiver: Receiver, loop: asyncio.AbstractEventLoop) -> None:
         """Attach the backend to a session: ``receiver`` gets every reported batch on ``loop``."""

@@ -1,11 +1,20 @@
-"""Exceptions raised by rhapsody itself (a failed function task raises its own exception)."""
+"""Exceptions raised by rhapsody itself (a failed function task raises its own exception).
+
+Every one derives from :class:`RhapsodyError`, so ``except rhapsody.RhapsodyError`` catches what
+rhapsody raises of its own. Bad input (a wrong type, a value out of range) is refused with plain
+``TypeError`` and ``ValueError``, as Python's own functions do.
+"""
 
 from __future__ import annotations
 
 import signal
 
 
-class TaskExecutionError(Exception):
+class RhapsodyError(Exception):
+    """Base class of the errors rhapsody raises of its own (not the task's own exception)."""
+
+
+class TaskExecutionError(RhapsodyError):
     """An executable task ended with a non-zero exit status (or a backend could not run it).
 
     Attributes:
@@ -29,7 +38,7 @@ class TaskExecutionError(Exception):
         return (type(self), (self.uid, self.stderr, self.exit_code))
 
 
-class WorkerLostError(RuntimeError):
+class WorkerLostError(RhapsodyError, RuntimeError):
     """The worker (process, Dask worker, Dragon process) running a task died before the task ended.
 
     It is not the task's own exception: the task may have been healthy and its worker killed from
@@ -79,9 +88,9 @@ def _not_retryable(cls: type[WorkerLostError], uid: str, worker: str | None,
     return cls(uid, worker, exit_code, retryable=False)
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(RhapsodyError, RuntimeError):
     """A backend was asked for that is not installed, or cannot run on this machine."""
 
 
-class SessionClosedError(RuntimeError):
+class SessionClosedError(RhapsodyError, RuntimeError):
     """A task was submitted to, or was still running in, a session that has been closed."""
