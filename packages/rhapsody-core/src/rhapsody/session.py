@@ -18,6 +18,7 @@ from . import plugins
 from .backend import BaseBackend, Update
 from .errors import SessionClosedError, TaskExecutionError, WorkerLostError
 from .plugins import get_backend, hook_if_implemented
+from .records.recording import RecordSet
 from .states import TERMINAL_STATES, TaskState
 from .task import ComputeTask, Task, _set_slot, _WeakRef
 
@@ -58,13 +59,19 @@ class Session:
             built-in ``concurrent`` backend. A task runs on the backend its ``backend`` field
             names, else on the first backend that runs its kind of task.
         close_timeout: seconds each backend gets to shut down in :meth:`close`.
+        records: recorders for this session's tasks (:mod:`rhapsody.records`: ``Journal``,
+            ``HtmlReport``, ``EventLog``, ``OtelSpans``, or any plugin object): they hear only
+            this session's tasks, with ``task.timings`` stamped, and are opened when the session
+            starts and closed when it closes. A task a ``Journal`` recorded DONE ends DONE at
+            once with its recorded results (``task.restored``), without running.
 
     Use it as an async context manager (``async with Session() as session:``); it then starts
     every backend on entry and closes them on exit. The session owns its backends: closing the
     session closes them.
 
     Raises:
-        ValueError: two backends share a name.
+        ValueError: two backends share a name, or ``records`` holds two journals.
+        TypeError: an item of ``records`` implements no rhapsody hook.
     """
 
     def __init__(
@@ -72,6 +79,7 @@ class Session:
         backends: Sequence[BaseBackend | str] | None = None,
         *,
         close_timeout: float = 60.0,
+        records: Sequence[Any] | None = None,
     ) -> None:
         if backends is not None and not backends:
             raise ValueError("Session(backends=[]) has no backend; pass None for the built-in "
@@ -100,6 +108,7 @@ class Session:
         self._retrying: dict[BaseBackend, list[Task]] = {}
         self._retry_jobs: set[asyncio.Task[None]] = set()
         self._close_timeout = close_timeout
+        self._records: RecordSet | None = RecordSet(records) if records else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._future_factory: Callable[[], asyncio.Future[Task]] = _not_started
         self._started = False
@@ -120,6 +129,8 @@ class Session:
     def _refresh_hooks(self) -> None:
         self._validate = hook_if_implemented("rhapsody_validate_task")
         self._notify = hook_if_implemented("rhapsody_task_states_changed")
+        if self._records is not None:
+            self._notify = self._records.notifier(self._notify)
         self._hook_generation = plugins.generation
 
     @property
@@ -157,6 +168,8 @@ class Session:
             self._future_factory = functools.partial(asyncio.Future, loop=loop)
         else:
             self._future_factory = loop.create_future
+        if self._records is not None:
+            self._records.open()
         for backend in self._backends.values():
             backend.bind(self._receive, self._loop)
             await backend
@@ -227,6 +240,13 @@ class Session:
             for task in tasks:
                 self._unregister(task, named)
             raise
+        # Tasks a journal recorded DONE reach no backend: they end below, once the rest of the
+        # call is handed over, and are undone with it if a backend refuses its part.
+        restored = [] if self._records is None else self._records.recorded(g for _, g in handed)
+        kept_back: list[tuple[BaseBackend | None, list[Task]]] = []
+        if restored:
+            handed = [(backend, group) for backend, group in handed if group]
+            kept_back.append((None, [task for task, _ in restored]))
         for index, (backend, group) in enumerate(handed):
             self._submitting += 1
             try:
@@ -236,22 +256,34 @@ class Session:
                 if index == 0:
                     # Nothing of this call runs yet: a refusal, as from check_tasks (a backend
                     # that checks inside submit_tasks refuses here).
-                    self._undo(group, handed[1:], named)
+                    self._undo(group, [*handed[1:], *kept_back], named)
                     raise
                 # Other backends already run their part of this call: this part fails instead.
                 self._fail_launch(backend, group, exc)
                 continue
             except BaseException:
                 self._submitting -= 1
-                self._undo(group, handed[index + 1:], named)
+                self._undo(group, [*handed[index + 1:], *kept_back], named)
                 raise
             self._submitting -= 1
             if self._notify is not None:
                 self._notify(tasks=group)
             self._release_held()
+        if restored:
+            self._restore(restored)
         return futures
 
-    def _undo(self, group: list[Task], later: list[tuple[BaseBackend, list[Task]]], named: set[Task]) -> None:
+    def _restore(self, restored: list[tuple[Task, dict[str, Any]]]) -> None:
+        tasks = []
+        for task, results in restored:
+            task.update(results)
+            tasks.append(task)
+        if self._notify is not None:
+            self._notify(tasks=tasks)  # plugins hear of a submission first, as for every task
+        self._apply(tasks, _DONE)
+
+    def _undo(self, group: list[Task], later: Sequence[tuple[BaseBackend | None, list[Task]]],
+              named: set[Task]) -> None:
         # This group (what its backend did not already end) and every group not yet handed over.
         undo = [task for task in group if task["state"] == TaskState.SUBMITTED]
         undo += [task for _, tasks in later for task in tasks]
@@ -549,6 +581,8 @@ class Session:
                     error = error or exc
         finally:
             await self._abandon_inflight(None)
+            if self._records is not None:
+                self._records.close()  # after the last task ended: reports are complete
         if error is not None:
             raise error
 

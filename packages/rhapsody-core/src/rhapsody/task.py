@@ -316,7 +316,8 @@ class Task(dict):  # type: ignore[type-arg]
 
 # Fields a run fills in: left out of to_dict() unless include_results is asked for.
 _RUNTIME_FIELDS = frozenset({"state", "retried", "return_value", "exception", "stdout", "stderr",
-                             "exit_code", "response", "finish_reason", "usage"})
+                             "exit_code", "response", "finish_reason", "usage",
+                             "timings", "worker", "restored"})
 
 
 def _reference(task: Task, key: str, obj: Any) -> str:
@@ -376,6 +377,12 @@ def _check_names(owner: str, uid: Any, backend: Any) -> None:
             raise TypeError(f"{owner}: {name} must be a non-empty string, got {value!r}")
 
 
+def _checked_name(name: Any) -> str:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a task's name must be a non-empty string, got {name!r}")
+    return name
+
+
 def _check_backend_kwargs(owner: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(
@@ -406,6 +413,10 @@ def _check_retries(retries: Any, retry_exceptions: Any) -> None:
 _COMMON_FIELDS: dict[str, Any] = {
     "uid": None, "backend": None, "state": _NEW, "task_backend_specific_kwargs": _NO_OPTIONS,
     "return_value": None, "exception": None, "stdout": None, "stderr": None, "exit_code": None,
+    # A human name for reports; the time the task entered each state (rhapsody.records
+    # stamps it); the worker or host that ran it, where its backend says; whether a journal
+    # gave its results back instead of running it.
+    "name": None, "timings": None, "worker": None, "restored": False,
 }
 
 
@@ -419,6 +430,7 @@ class ComputeTask(Task):
         args, kwargs: positional and keyword arguments for ``function``.
         arguments: command-line arguments (strings) for ``executable``.
         uid: a unique id; generated when omitted.
+        name: a name for people, shown by run reports and event logs (need not be unique).
         backend: the name of the session backend to run on; the session's first suitable
             backend when omitted.
         timeout: seconds after which the task is stopped and ends ``FAILED`` with a
@@ -462,6 +474,7 @@ class ComputeTask(Task):
         kwargs: Mapping[str, Any] | None = None,
         arguments: Iterable[str] = (),
         uid: str | None = None,
+        name: str | None = None,
         backend: str | None = None,
         timeout: float | None = None,
         retries: int = DEFAULT_RETRIES,
@@ -540,6 +553,8 @@ class ComputeTask(Task):
         # Only what differs from the defaults is stored (see the module docstring). ``backend``
         # always is: the session reads it for every task it routes.
         self["uid"] = uid if uid is not None else f"{_uid_prefix}{next(_uid_counter)}"
+        if name is not None:
+            self["name"] = _checked_name(name)
         self["backend"] = backend
         self["state"] = _NEW
         if function is not None:
@@ -595,7 +610,7 @@ class AITask(Task):
         top_k: sample from the k most likely tokens (>= 1), or -1 for all.
         stop: a string or list of strings that end the generation.
         inference_endpoint: the URL of an OpenAI-compatible server to send this task to.
-        uid, backend, task_backend_specific_kwargs: as for ``ComputeTask``.
+        uid, name, backend, task_backend_specific_kwargs: as for ``ComputeTask``.
 
     After the task ends: ``response`` (text, or a list of texts for a list of prompts),
     ``finish_reason`` and ``usage`` (token counts) are set; ``return_value`` equals ``response``.
@@ -626,6 +641,7 @@ class AITask(Task):
         stop: str | list[str] | None = None,
         inference_endpoint: str | None = None,
         uid: str | None = None,
+        name: str | None = None,
         backend: str | None = None,
         task_backend_specific_kwargs: Mapping[str, Any] | None = None,
         **removed: Any,
@@ -662,6 +678,8 @@ class AITask(Task):
             if given is not None and not isinstance(given, str):
                 raise TypeError(f"AITask: {label} must be a string, got {given!r}")
         self["uid"] = uid if uid is not None else f"{_uid_prefix}{next(_uid_counter)}"
+        if name is not None:
+            self["name"] = _checked_name(name)
         self["backend"] = backend
         self["state"] = _NEW
         self["prompt"] = prompt
