@@ -80,7 +80,7 @@ def test_pool_sizes_must_be_positive_integers(option: str, value: object) -> Non
 def test_unknown_option_via_get_backend() -> None:
     with pytest.raises(TypeError, match=r"^backend 'concurrent' \(ConcurrentBackend\) has no option "
                                         r"'n_workers'; its options are: executor, max_workers, processes, "
-                                        r"max_subprocesses, name$"):
+                                        r"max_subprocesses, cores, gpus, memory, mpi_launcher, name$"):
         get_backend("concurrent", n_workers=2)
 
 

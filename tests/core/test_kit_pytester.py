@@ -109,7 +109,8 @@ def test_suite_without_a_backend_skips_with_the_reason(pytester: pytest.Pytester
     (["--rhapsody-backend-option", "=2"], "ERROR: --rhapsody-backend-option expects KEY=VALUE, got '=2'"),
     (["--rhapsody-backend-option", "workers=2"],
      "ERROR: --rhapsody-backend=concurrent: TypeError: backend 'concurrent' (ConcurrentBackend) has no "
-     "option 'workers'; its options are: executor, max_workers, processes, max_subprocesses, name"),
+     "option 'workers'; its options are: executor, max_workers, processes, max_subprocesses, cores, "
+     "gpus, memory, mpi_launcher, name"),
 ])
 def test_suite_with_a_bad_backend_option_is_a_usage_error(
     pytester: pytest.Pytester, args: list[str], message: str

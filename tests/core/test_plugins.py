@@ -377,7 +377,7 @@ def test_get_backend_passes_options_and_rejects_unknown_ones() -> None:
     assert backend.executor._max_workers == 3  # type: ignore[attr-defined]
     with pytest.raises(TypeError, match=r"^backend 'concurrent' \(ConcurrentBackend\) has no option "
                                         r"'workers'; its options are: executor, max_workers, processes, "
-                                        r"max_subprocesses, name$"):
+                                        r"max_subprocesses, cores, gpus, memory, mpi_launcher, name$"):
         rhapsody.get_backend("concurrent", workers=3)
     with pytest.raises(TypeError, match=r"^backend 'noop' \(NoopBackend\) has no options 'a', 'b'; "
                                         r"its options are: name$"):

@@ -7,7 +7,9 @@ processes, a pickle round trip) once per chunk instead of once per task. Chunks 
 Thread chunks report each task as it ends; process chunks report when the chunk returns.
 
 Executables run as asyncio subprocesses in their own session (process group), so a timeout or a
-cancellation kills everything the command started.
+cancellation kills everything the command started. Each holds the cores, GPUs and memory its
+``resources=`` request asks for on the node (see ``node.py``) from before it starts until its
+group is gone, and sees only its own GPUs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import itertools
 import multiprocessing.connection
 import os
 import shlex
+import shutil
 import signal
 import threading
 from collections.abc import Sequence
@@ -31,8 +34,10 @@ from .._compat import executor_workers, pool_broken, pool_processes, process_poo
 from ..backend import BaseBackend, check_process_options, is_async_callable
 from ..errors import WorkerLostError
 from ..hookspecs import hookimpl
+from ..resources import Resources, resources_of
 from ..states import TaskState
 from ..task import Task
+from .node import GPU_VARIABLES, Demand, Grant, Node, detect_gpus, machine_memory, visible_ids
 from .worker_markers import WorkerMarkers, exit_status, mark_chunk, mark_task, worker_marker
 
 _DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
@@ -57,12 +62,13 @@ _NEW, _RUNNING, _STARTING, _DOOMED, _ENDING = "new", "running", "starting", "doo
 class _Driver:
     """An executable task and the asyncio task that runs it."""
 
-    __slots__ = ("task", "job", "phase")
+    __slots__ = ("task", "job", "phase", "resources")
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, resources: Resources | None) -> None:
         self.task = task
         self.job: asyncio.Task[None]
         self.phase = _NEW
+        self.resources = resources
 
 
 class ConcurrentBackend(BaseBackend):
@@ -74,8 +80,36 @@ class ConcurrentBackend(BaseBackend):
         max_workers: size of the default thread pool (Python's default when omitted).
         processes: run function tasks on a process pool of this many workers that the backend
             owns, instead of threads: the choice for CPU-bound Python, which threads serialise.
-        max_subprocesses: how many executables run at once (default: the number of CPUs).
+        max_subprocesses: how many executables run at once (default: ``cores``).
+        cores: the node's cores that executables share (default: the number of CPUs, or
+            ``max_subprocesses`` where that is larger: N one-core programs at once, as before
+            ``resources=`` existed).
+        gpus: the node's GPUs: a count (devices ``0`` to ``N-1``) or a list of device ids.
+            Default: those this process may use, from ``CUDA_VISIBLE_DEVICES`` (or
+            ``ROCR_VISIBLE_DEVICES``/``HIP_VISIBLE_DEVICES``), else the NVIDIA or AMD driver's
+            device list; ``0`` or ``[]`` for none.
+        memory: the node's memory in MiB that executables' ``memory_per_rank`` is counted
+            against (default: physical memory, or the cgroup's limit).
+        mpi_launcher: the command that starts a task with ``resources={"ranks": n}``, n > 1:
+            ``"mpiexec"``, ``"srun"``, ``["mpirun", "--oversubscribe"]``...; the backend runs
+            ``[*launcher, "-n", n, executable, *arguments]``. Without one such tasks are refused.
         name: this instance's name in a session (default ``"concurrent"``).
+
+    Resources (``ComputeTask(resources=...)``): an executable holds ``ranks x cores_per_rank``
+    cores, ``ranks x gpus_per_rank`` GPUs and ``ranks x memory_per_rank`` MiB of the node while
+    it runs (one core when it asked for nothing); one that does not fit yet waits, in order of
+    arrival, while later ones may start with what the earlier ones cannot use yet (no task is
+    overtaken on what it waits for). Memory is counted, not enforced as a limit. It sees its
+    GPUs, and only those, through the variable the node's GPUs were found in
+    (``CUDA_VISIBLE_DEVICES`` for declared ones; ``ROCR_VISIBLE_DEVICES`` for AMD GPUs found by
+    the driver); the other two are removed, so that no runtime filters the ids twice. A whole
+    GPU is never shared; a fraction (``gpus_per_rank`` in (0, 1)) shares a GPU with other
+    fractions only. An ``env`` of the task's own that sets the variable wins. A request larger
+    than the node is refused at submit, naming the resource and what the node offers.
+
+    Function tasks run on the pool (one worker, one call): their ``resources`` may ask for at
+    most one rank, one core, no GPU and no memory; anything more is refused at submit (a pool
+    thread or process cannot be given GPUs of its own; run the work as an executable).
 
     A process-pool worker that dies (``os._exit``, a signal, a crash in C code) takes only the
     task it was running: that task fails with :class:`rhapsody.WorkerLostError` (and runs again
@@ -89,8 +123,10 @@ class ConcurrentBackend(BaseBackend):
 
     Raises:
         TypeError: ``executor`` is not a thread or process pool.
-        ValueError: ``max_workers``, ``processes`` or ``max_subprocesses`` is below 1, or
-            ``processes`` is given with ``executor`` or ``max_workers``.
+        ValueError: ``max_workers``, ``processes``, ``max_subprocesses``, ``cores`` or
+            ``memory`` is below 1, ``gpus`` is negative or repeats an id, ``mpi_launcher`` is
+            empty, or ``processes`` is given with ``executor`` or ``max_workers``.
+        TypeError: ``gpus`` or ``mpi_launcher`` of the wrong type.
     """
 
     name = "concurrent"
@@ -103,6 +139,10 @@ class ConcurrentBackend(BaseBackend):
         max_workers: int | None = None,
         processes: int | None = None,
         max_subprocesses: int | None = None,
+        cores: int | None = None,
+        gpus: int | Sequence[str | int] | None = None,
+        memory: int | None = None,
+        mpi_launcher: str | Sequence[str] | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name=name)
@@ -112,7 +152,8 @@ class ConcurrentBackend(BaseBackend):
                 f"got {type(executor).__name__}"
             )
         for label, value in (("max_workers", max_workers), ("processes", processes),
-                             ("max_subprocesses", max_subprocesses)):
+                             ("max_subprocesses", max_subprocesses), ("cores", cores),
+                             ("memory", memory)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"concurrent: {label} must be an integer >= 1, got {value!r}")
         if processes is not None and (executor is not None or max_workers is not None):
@@ -137,8 +178,12 @@ class ConcurrentBackend(BaseBackend):
         self._unexplained_breaks = 0
         self._replaced: set[Executor] = set()  # broken pools that may still hold our chunks
         self._watchdog: asyncio.Task[None] | None = None
-        self._max_subprocesses = max_subprocesses or os.cpu_count() or 1
-        self._slots: asyncio.Semaphore | None = None
+        if cores is None:
+            cores = max(os.cpu_count() or 1, max_subprocesses or 1)
+        gpu_ids, gpu_variable = _declared_gpus(gpus) if gpus is not None else detect_gpus()
+        self._node = Node(cores=cores, gpus=gpu_ids, gpu_variable=gpu_variable,
+                          memory=memory or machine_memory(), slots=max_subprocesses or cores)
+        self._mpi_launcher = _launcher(mpi_launcher)
         # uid -> its chunk (threads) or the chunk's pool future (processes) until the task starts.
         self._queued: dict[str, Any] = {}
         # uid -> the driver of an executable, until it ends.
@@ -149,8 +194,22 @@ class ConcurrentBackend(BaseBackend):
         """The pool that runs function tasks."""
         return self._executor
 
+    @property
+    def cores(self) -> int:
+        """The node's cores that executables share."""
+        return self._node.cores
+
+    @property
+    def gpus(self) -> tuple[str, ...]:
+        """The node's GPU device ids."""
+        return self._node.gpus
+
+    @property
+    def memory(self) -> int:
+        """The node's memory in MiB, as executables' ``memory_per_rank`` is counted."""
+        return self._node.memory
+
     async def _initialize(self) -> None:
-        self._slots = asyncio.Semaphore(self._max_subprocesses)
         if self._in_processes:
             self._markers = WorkerMarkers()
             self._watchdog = asyncio.get_running_loop().create_task(self._watch_broken_pools())
@@ -163,7 +222,11 @@ class ConcurrentBackend(BaseBackend):
             if task["function"] is None:
                 if options:
                     _check_executable_options(task, options)
+                if task["resources"] is not None:
+                    self._check_request(task, options)
                 continue
+            if task["resources"] is not None:
+                _check_function_request(task)
             if options:
                 raise ValueError(
                     f"task {task['uid']}: concurrent takes no task_backend_specific_kwargs for "
@@ -187,7 +250,8 @@ class ConcurrentBackend(BaseBackend):
         drivers = self._drivers
         for task in tasks:
             if task["function"] is None:
-                driver = drivers[task["uid"]] = _Driver(task)
+                request = resources_of(task) if task["resources"] is not None else None
+                driver = drivers[task["uid"]] = _Driver(task, request)
                 driver.job = create_task(self._run_executable(driver))
         for chunk, payload in zip(chunks, payloads):
             self._submit_chunk(chunk, payload)
@@ -436,24 +500,27 @@ class ConcurrentBackend(BaseBackend):
         driver.phase = _RUNNING
         transport: asyncio.SubprocessTransport | None = None
         output = _Output()
+        grant: Grant | None = None
         try:
-            async with self._slots:  # type: ignore[union-attr]
-                driver.phase = _STARTING  # cancel_task now only dooms it (see _cancel_driver)
-                transport = await _spawn(task, output)
-                if driver.phase is _DOOMED:
-                    raise asyncio.CancelledError
-                driver.phase = _RUNNING
-                # The task ends with its program, not at EOF on its pipes: a child the program
-                # left in the background may hold them open for as long as it lives.
-                exited, _ = await asyncio.wait((output.exited,), timeout=task["timeout"])
-                driver.phase = _ENDING
-                if not exited:
-                    task["exception"] = TimeoutError(
-                        f"task {uid} exceeded its timeout of {task['timeout']} s; its process "
-                        "group was killed"
-                    )
-                await _end_group(transport, output)
-                code = transport.get_returncode()
+            # Held until the group is gone: a GPU is never handed on while its program lives.
+            grant = await self._node.acquire(Demand.of(driver.resources))
+            driver.phase = _STARTING  # cancel_task now only dooms it (see _cancel_driver)
+            transport = await _spawn(task, output, self._launch_prefix(driver.resources),
+                                     self._environment(task, grant))
+            if driver.phase is _DOOMED:
+                raise asyncio.CancelledError
+            driver.phase = _RUNNING
+            # The task ends with its program, not at EOF on its pipes: a child the program
+            # left in the background may hold them open for as long as it lives.
+            exited, _ = await asyncio.wait((output.exited,), timeout=task["timeout"])
+            driver.phase = _ENDING
+            if not exited:
+                task["exception"] = TimeoutError(
+                    f"task {uid} exceeded its timeout of {task['timeout']} s; its process "
+                    "group was killed"
+                )
+            await _end_group(transport, output)
+            code = transport.get_returncode()
         except asyncio.CancelledError:
             # A second cancel_task while the group is being killed must not cut that short.
             driver.phase = _DOOMED
@@ -473,11 +540,61 @@ class ConcurrentBackend(BaseBackend):
             # A program cancelled while it was starting ends CANCELED, as cancel_task promised.
             self.report([(task, _CANCELED if driver.phase is _DOOMED else _FAILED)])
             return
+        finally:
+            if grant is not None:
+                self._node.release(grant)
         self._drivers.pop(uid, None)
-        task["stdout"] = output.stdout.decode(errors="replace")
-        task["stderr"] = output.stderr.decode(errors="replace")
+        if task["capture_stdio"]:
+            task["stdout"] = output.stdout.decode(errors="replace")
+            task["stderr"] = output.stderr.decode(errors="replace")
         task["exit_code"] = code
         self.report([(task, _DONE if code == 0 and task["exception"] is None else _FAILED)])
+
+    def _check_request(self, task: Task, options: dict[str, Any]) -> None:
+        resources = resources_of(task)
+        if resources is None:
+            return
+        uid = task["uid"]
+        if resources.ranks > 1:
+            if not self._mpi_launcher:
+                raise ValueError(
+                    f"task {uid}: resources ranks={resources.ranks} needs an MPI launcher, and "
+                    "this concurrent backend was given none: declare one, e.g. "
+                    "get_backend('concurrent', mpi_launcher='mpiexec')"
+                )
+            env = options.get("env") if options else None
+            search = (env if env is not None and "PATH" in env else os.environ).get("PATH")
+            if shutil.which(self._mpi_launcher[0], path=search) is None:
+                raise ValueError(
+                    f"task {uid}: resources ranks={resources.ranks}: the mpi_launcher "
+                    f"{self._mpi_launcher[0]!r} is not found on PATH"
+                )
+        problem = self._node.refusal(Demand.of(resources), resources)
+        if problem is not None:
+            raise ValueError(f"task {uid}: concurrent: {problem}")
+
+    def _launch_prefix(self, resources: Resources | None) -> list[str]:
+        if resources is None or resources.ranks == 1:
+            return []
+        return [*self._mpi_launcher, "-n", str(resources.ranks)]
+
+    def _environment(self, task: Task, grant: Grant) -> dict[str, str] | None:
+        """The program's environment: the task's own (or this process's), with its GPUs."""
+        env: dict[str, str] | None = task["task_backend_specific_kwargs"].get("env")
+        node = self._node
+        if not node.gpus:
+            return env
+        own = env or {}
+        variable = node.gpu_variable
+        if variable in own:
+            return env  # the task's own env says which devices it sees: it wins
+        child = dict(env) if env is not None else dict(os.environ)
+        # A task that asked for no GPU sees none (the empty list), rather than all of them.
+        child[variable] = node.visible(grant)
+        for other in GPU_VARIABLES:
+            if other != variable and other not in own:
+                child.pop(other, None)  # a second filter would index into the first one's list
+        return child
 
     def _cancel_driver(self, driver: _Driver) -> bool:
         if driver.phase is _STARTING or driver.phase is _DOOMED:
@@ -541,6 +658,59 @@ class ConcurrentBackend(BaseBackend):
             for process in pool_processes(self._executor):  # type: ignore[arg-type]
                 if process.is_alive():
                     process.terminate()
+
+
+def _check_function_request(task: Task) -> None:
+    resources = resources_of(task)
+    if resources is None:
+        return
+    beyond = [f"{key}={value}" for key, value, most in (
+        ("ranks", resources.ranks, 1), ("cores_per_rank", resources.cores_per_rank, 1),
+        ("gpus_per_rank", resources.gpus_per_rank, 0),
+        ("memory_per_rank", resources.memory_per_rank, None)) if value != most]
+    if beyond:
+        raise ValueError(
+            f"task {task['uid']}: concurrent runs a function task as one call in one pool "
+            f"worker, which cannot be given resources {', '.join(beyond)}; run the work as an "
+            "executable (its resources are held on the node) or on a backend that places "
+            "functions (e.g. dask)"
+        )
+
+
+def _declared_gpus(gpus: Any) -> tuple[list[str], str]:
+    """The device ids of ``gpus=`` (a count, a list of ids or an ``"0,1"`` string)."""
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, str, Sequence)):
+        raise TypeError(f"concurrent: gpus must be a count or a list of device ids, got {gpus!r}")
+    if isinstance(gpus, int):
+        if gpus < 0:
+            raise ValueError(f"concurrent: gpus must be >= 0, got {gpus!r}")
+        ids = [str(index) for index in range(gpus)]
+    elif isinstance(gpus, str):
+        ids = visible_ids(gpus)
+    else:
+        ids = []
+        for item in gpus:
+            if (isinstance(item, bool) or not isinstance(item, (int, str))
+                    or not str(item).strip() or "," in str(item)):
+                raise TypeError(f"concurrent: gpus holds device ids (str or int), got {item!r}")
+            ids.append(str(item).strip())
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"concurrent: gpus names a device twice: {ids}")
+    return ids, "CUDA_VISIBLE_DEVICES"
+
+
+def _launcher(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        parts = shlex.split(value)
+    elif isinstance(value, Sequence) and all(isinstance(part, str) for part in value):
+        parts = list(value)
+    else:
+        raise TypeError(f"concurrent: mpi_launcher must be a command (str or list of str), got {value!r}")
+    if not parts or not parts[0]:
+        raise ValueError("concurrent: mpi_launcher must name a program, e.g. 'mpiexec'")
+    return parts
 
 
 def _check_executable_options(task: Task, options: dict[str, Any]) -> None:
@@ -620,22 +790,28 @@ class _Output(asyncio.SubprocessProtocol):
             self._transport.close()
 
 
-async def _spawn(task: Task, output: _Output) -> asyncio.SubprocessTransport:
+async def _spawn(task: Task, output: _Output, launcher: list[str],
+                 env: dict[str, str] | None) -> asyncio.SubprocessTransport:
+    """Start the task's program (under ``launcher``, e.g. ``mpiexec -n 4``, when not empty)."""
     options = task["task_backend_specific_kwargs"]
     loop = asyncio.get_running_loop()
-    pipe = asyncio.subprocess.PIPE
+    # capture_stdio=False: None, so the program writes to our own stdout and stderr.
+    pipe = asyncio.subprocess.PIPE if task["capture_stdio"] else None
+    argv = [task["executable"], *task["arguments"]]
     # stdin=None: the program inherits ours, as before (the loop's own default would be a pipe).
     if options.get("shell"):
         command = " ".join([task["executable"], *map(shlex.quote, task["arguments"])])
-        transport, _ = await loop.subprocess_shell(
-            lambda: output, command, stdin=None, stdout=pipe, stderr=pipe,
-            cwd=options.get("cwd"), env=options.get("env"), start_new_session=True,
-        )
-    else:
-        transport, _ = await loop.subprocess_exec(
-            lambda: output, task["executable"], *task["arguments"], stdin=None, stdout=pipe,
-            stderr=pipe, cwd=options.get("cwd"), env=options.get("env"), start_new_session=True,
-        )
+        if not launcher:
+            transport, _ = await loop.subprocess_shell(
+                lambda: output, command, stdin=None, stdout=pipe, stderr=pipe,
+                cwd=options.get("cwd"), env=env, start_new_session=True,
+            )
+            return transport
+        argv = ["/bin/sh", "-c", command]  # each rank runs the shell command
+    transport, _ = await loop.subprocess_exec(
+        lambda: output, *launcher, *argv, stdin=None, stdout=pipe,
+        stderr=pipe, cwd=options.get("cwd"), env=env, start_new_session=True,
+    )
     return transport
 
 
