@@ -36,7 +36,7 @@ class Entry:
 
     def __init__(self, task: Task, key: Hashable, handle: Any) -> None:
         self.task = task
-        self.key = key
+        self.key: Any = key  # the backend's own key type (str, int, tuple)
         self.handle = handle
         self.cancelling = False
         self.timer: Any = None

@@ -181,8 +181,8 @@ class DaskBackend(BaseBackend):
         self._salt = uuid.uuid4().hex[:8]
         # Shared with the collector thread, always under _lock.
         self._lock = threading.Lock()
-        self._live: dict[str, tuple[Task, Future]] = {}  # dask key -> (task, future)
-        self._key_of: dict[str, str] = {}  # task uid -> its current dask key
+        # self.in_flight holds each task under its current attempt's Dask key, its future as
+        # the handle; the dicts below keep what only some attempts have, by the same key.
         self._stopping = False
         self._restricted: dict[str, dict[str, float]] = {}  # dask key -> resources asked
         self._unsatisfiable_since: dict[str, float] = {}
@@ -399,10 +399,9 @@ class DaskBackend(BaseBackend):
             markers=markers,
         )
         with self._lock:
-            live, key_of, marker_of = self._live, self._key_of, self._marker_of
+            add, marker_of = self.in_flight.add, self._marker_of
             for task, key, future, marker_id in zip(tasks, keys, futures, ids):
-                live[key] = (task, future)
-                key_of[task["uid"]] = key
+                add(task, key=key, handle=future)
                 marker_of[key] = marker_id
         self._on_client_loop(self._watch, futures)
 
@@ -436,7 +435,7 @@ class DaskBackend(BaseBackend):
                 and not message.get("expected"):
             keys = message.get("processing-tasks") or ()
             with self._lock:
-                live, lost_on = self._live, self._lost_on
+                live, lost_on = self.in_flight, self._lost_on
                 for key in keys:
                     if key in live:
                         lost_on[key] = lost_on.get(key, 0) + 1
@@ -489,7 +488,7 @@ class DaskBackend(BaseBackend):
         lost_in_erred: dict[int, int] = {}
         marker_ids: dict[int, int] = {}  # id(task) -> marker id of its attempt
         with self._lock:
-            live_pop, key_of, restricted = self._live.pop, self._key_of, self._restricted
+            live_pop, restricted = self.in_flight.pop, self._restricted
             lost_on, marker_pop = self._lost_on, self._marker_of.pop
             for future in batch:
                 key: str = future.key  # type: ignore[assignment]  # the backend's own str keys
@@ -498,21 +497,20 @@ class DaskBackend(BaseBackend):
                     # It finished, then its result was lost with its worker before we fetched
                     # it: Dask computes it again (the future is still held), so it is watched
                     # again rather than failed.
-                    if key in self._live:
+                    if key in self.in_flight:
                         again.append(future)
                     continue
-                entry = live_pop(key, None)
+                popped = live_pop(key)
                 if restricted:
                     restricted.pop(key, None)
                     self._unsatisfiable_since.pop(key, None)
                 marker_id = marker_pop(key, None)
-                if entry is None:
+                if popped is None:
                     continue  # cancelled or failed by the backend, already reported
-                task = entry[0]
+                task = popped.task
+                entry = (task, future)
                 if marker_id is not None:
                     marker_ids[id(task)] = marker_id
-                if key_of.get(task["uid"]) == key:
-                    del key_of[task["uid"]]
                 lost = lost_on.pop(key, 0) if lost_on else 0
                 if status == "finished":
                     if lost:  # Dask ran it again on another worker that many times
@@ -688,7 +686,7 @@ class DaskBackend(BaseBackend):
                         updates.append((task, _FAILED))
         loop = self._loop
         if groups and loop is not None:
-            # The watcher may have ended while these tasks were out of _live.
+            # The watcher may have ended while these tasks were out of in_flight.
             try:
                 loop.call_soon_threadsafe(self._ensure_watcher)
             except RuntimeError:  # the session's loop has closed
@@ -745,7 +743,7 @@ class DaskBackend(BaseBackend):
         # The own cluster is watched for losing every worker: a worker that closes itself (rather
         # than dying) takes its nanny along, nothing starts it again, and queued tasks would wait
         # forever. On a given cluster no worker may be normal (adaptive scaling, a batch queue).
-        return bool(self._restricted) or (self._own_cluster is not None and bool(self._live))
+        return bool(self._restricted) or (self._own_cluster is not None and bool(self.in_flight))
 
     async def _watch_workers(self) -> None:
         """Fail tasks whose every capable worker left and did not come back in time."""
@@ -771,7 +769,7 @@ class DaskBackend(BaseBackend):
                 elif workerless_since is None:
                     workerless_since = now
                 elif now - workerless_since >= self._unsatisfiable_timeout:
-                    expired = self._fail_all_waiting(now - workerless_since)
+                    self._fail_all_waiting(now - workerless_since)
                     asked = {}
                 since = self._unsatisfiable_since
                 with self._lock:
@@ -781,12 +779,14 @@ class DaskBackend(BaseBackend):
                             since.pop(key, None)
                             continue
                         first = since.setdefault(key, now)
-                        if now - first < self._unsatisfiable_timeout or key not in self._live:
+                        if now - first < self._unsatisfiable_timeout:
                             continue
-                        task, future = self._live.pop(key)
+                        popped = self.in_flight.pop(key)
+                        if popped is None:
+                            continue
+                        task, future = popped.task, popped.handle
                         self._lost_on.pop(key, None)
                         self._marker_of.pop(key, None)
-                        self._key_of.pop(task["uid"], None)
                         self._restricted.pop(key, None)
                         since.pop(key, None)
                         _refuse(task, UnsatisfiableResourcesError(
@@ -817,38 +817,33 @@ class DaskBackend(BaseBackend):
                      len(spec) - len(cluster.workers))
         await asyncio.get_running_loop().run_in_executor(None, cluster.scale, len(spec))
 
-    def _fail_all_waiting(self, waited: float) -> list[tuple[Task, Future]]:
+    def _fail_all_waiting(self, waited: float) -> None:
         with self._lock:
-            entries = list(self._live.values())
-            self._live.clear()
-            self._key_of.clear()
             self._restricted.clear()
             self._unsatisfiable_since.clear()
             self._lost_on.clear()
             self._marker_of.clear()
-        for task, _ in entries:
-            task["exception"] = RuntimeError(
-                f"task {task['uid']}: the backend's Dask LocalCluster has had no worker for "
-                f"{waited:.0f} s (its workers closed and were not restarted; their log above "
-                "says why), so the task could not run"
-            )
-        return entries
+        # Nothing to cancel: the cluster has no worker that could be running them.
+        self.fail_in_flight(lambda task: RuntimeError(
+            f"task {task['uid']}: the backend's Dask LocalCluster has had no worker for "
+            f"{waited:.0f} s (its workers closed and were not restarted; their log above "
+            "says why), so the task could not run"
+        ))
 
     # -- cancel and shutdown -----------------------------------------------------------------
 
     async def cancel_task(self, task: Task) -> bool:
         with self._lock:
-            key = self._key_of.pop(task["uid"], None)
-            entry = self._live.pop(key, None) if key is not None else None
-            if key is not None:
-                self._restricted.pop(key, None)
-                self._lost_on.pop(key, None)
-                self._marker_of.pop(key, None)
+            entry = self.in_flight.pop_task(task)
+            if entry is not None:
+                self._restricted.pop(entry.key, None)
+                self._lost_on.pop(entry.key, None)
+                self._marker_of.pop(entry.key, None)
         if entry is None:
             return False
         # Reported first: whatever the future does next, the collector no longer owns the task.
         self.report([(task, _CANCELED)])
-        await self._cancel_futures([entry[1]])
+        await self._cancel_futures([entry.handle])
         return True
 
     async def _cancel_futures(self, futures: list[Future]) -> None:
@@ -863,9 +858,7 @@ class DaskBackend(BaseBackend):
     async def _shutdown(self) -> None:
         with self._lock:
             self._stopping = True
-            entries = list(self._live.values())
-            self._live.clear()
-            self._key_of.clear()
+            entries = [(entry.task, entry.handle) for entry in self.in_flight.pop_all()]
             self._restricted.clear()
             self._lost_on.clear()
             self._marker_of.clear()
