@@ -25,8 +25,9 @@ def test_function_task_fields_and_kind() -> None:
     assert task.kwargs == {"x": 1}
     assert task.arguments == ()  # executables only; an immutable empty tuple for functions
     assert task.task_backend_specific_kwargs == {}
+    # A function's output is never captured: "" (RHAPSODY's contract), not None.
     assert (task.return_value, task.exception, task.stdout, task.stderr, task.exit_code) == (
-        None, None, None, None, None)
+        None, None, "", "", None)
     assert task.future is None
     assert not task.done
 
@@ -258,7 +259,7 @@ def test_unset_fields_read_as_their_defaults_and_are_not_stored() -> None:
     task = ComputeTask(function=workloads.add)
     assert set(task) == {"uid", "backend", "state", "function"}
     for name, default in [("args", ()), ("kwargs", {}), ("arguments", ()), ("timeout", None),
-                          ("executable", None), ("stdout", None), ("exit_code", None),
+                          ("executable", None), ("stdout", ""), ("exit_code", None),
                           ("task_backend_specific_kwargs", {})]:
         assert task[name] == default and getattr(task, name) == default
         assert task.get(name, "other") == default  # a field's default, not get()'s

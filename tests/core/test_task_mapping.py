@@ -23,7 +23,8 @@ def test_keys_in_len_iteration_and_copies_agree_on_the_stored_fields() -> None:
     assert all(name in task for name in stored)
     # Defaults are read, never stored: "in" says so, like keys() does.
     assert "stdout" not in task and "stdout" not in task.keys()
-    assert task.stdout is None and task["stdout"] is None and task.get("stdout") is None
+    assert task.exit_code is None and task["exit_code"] is None and task.get("exit_code") is None
+    assert task.stdout == "" and task["stdout"] == "" and task.get("stdout") == ""  # a function's
     task.stdout = "out"
     assert "stdout" in task and "stdout" in task.keys() and len(task) == len(stored) + 1
     shallow = copy.copy(task)

@@ -449,6 +449,10 @@ class ComputeTask(Task):
             "gpus_per_rank": 0, "memory_per_rank": None}``, every key optional, memory in MiB,
             GPUs whole or a fraction in (0, 1) (see :mod:`rhapsody.resources`). Each backend
             honours it or refuses the task at submit.
+        capture_stdio: ``True`` (the default): an executable's output is captured into
+            ``stdout`` and ``stderr``. ``False``: it goes to this program's own standard output
+            and error, and ``stdout``/``stderr`` stay ``None``. A function task's output is
+            never captured: its ``stdout`` and ``stderr`` read ``""``.
 
     Raises:
         ValueError: neither or both of ``function`` and ``executable``, a bad ``timeout``, or an
@@ -462,7 +466,7 @@ class ComputeTask(Task):
     _defaults: ClassVar[dict[str, Any]] = {
         **_COMMON_FIELDS, "function": None, "executable": None, "args": (), "kwargs": _NO_OPTIONS,
         "arguments": (), "timeout": None, "retries": DEFAULT_RETRIES, "retry_exceptions": False,
-        "retried": 0, "resources": None,
+        "retried": 0, "resources": None, "capture_stdio": True,
     }
 
     def __init__(
@@ -481,12 +485,15 @@ class ComputeTask(Task):
         retry_exceptions: bool | tuple[type[BaseException], ...] = False,
         task_backend_specific_kwargs: Mapping[str, Any] | None = None,
         resources: Mapping[str, Any] | None = None,
+        capture_stdio: bool = True,
         **removed: Any,
     ) -> None:
         if removed:
             _reject_unknown(type(self), removed)
         if uid is not None or backend is not None:
             _check_names("ComputeTask", uid, backend)
+        if capture_stdio is not True and not isinstance(capture_stdio, bool):
+            raise TypeError(f"ComputeTask: capture_stdio must be True or False, got {capture_stdio!r}")
         if retries != DEFAULT_RETRIES or retry_exceptions is not False:
             _check_retries(retries, retry_exceptions)
         if function is None:
@@ -579,12 +586,37 @@ class ComputeTask(Task):
             request = check_request("ComputeTask", resources, uid=self["uid"])
             if request is not None:
                 self["resources"] = request
+        if capture_stdio is False and function is None:
+            self["capture_stdio"] = False
         _set_slot(self, "_future", None)
+
+    # A function task writes to no stream of its own: its stdout and stderr read "" (RHAPSODY's
+    # result contract), an executable's None until it ran. Decided when the field is read, so
+    # that no task stores them: only unset fields come here.
+    def __missing__(self, key: str) -> Any:
+        value = self._defaults.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        if key in _STDIO and dict.__contains__(self, "function"):
+            return ""
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        """``task[key]`` for a field of the task kind; ``default`` for any other missing key."""
+        value = dict.get(self, key, _MISSING)
+        if value is _MISSING:
+            if key in _STDIO and dict.__contains__(self, "function"):
+                return ""
+            return self._defaults.get(key, default)
+        return value
 
     @property
     def kind(self) -> str:  # type: ignore[override]
         """``"function"`` or ``"executable"``."""
         return "executable" if dict.get(self, "function") is None else "function"
+
+
+_STDIO = frozenset({"stdout", "stderr"})
 
 
 def _check_range(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> None:
