@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
                      help="give up (cancel what still runs) after this many seconds (> 0)")
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    run.add_argument("--report", type=pathlib.Path, metavar="FILE.html",
+                     help="write a self-contained HTML report of the run (see docs/records.md)")
+    run.add_argument("--events", type=pathlib.Path, metavar="FILE.jsonl",
+                     help="write one JSON line per task state change")
+    run.add_argument("--journal", type=pathlib.Path, metavar="FILE",
+                     help="record tasks that end DONE in FILE; a rerun with the same FILE "
+                          "skips them (restored with their recorded results)")
 
     listing = commands.add_parser("backends", help="list installed backends and whether they can run here")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
@@ -145,6 +152,7 @@ def _run(console: Console, errors: Console, args: argparse.Namespace) -> int:
         try:
             workload = load_workload(args.workload)
             backend = get_backend(args.backend, **dict(args.options))
+            records = _records(args)
         except KeyboardInterrupt:
             errors.print("rhapsody: interrupted while loading the workload", markup=False)
             return INTERRUPTED
@@ -163,7 +171,8 @@ def _run(console: Console, errors: Console, args: argparse.Namespace) -> int:
             if progress is not None:
                 progress.start()
             try:
-                _run_loop(_drive(workload, backend, args.timeout, stopper), stopper)
+                _run_loop(_drive(workload, backend, args.timeout, stopper, records, errors),
+                          stopper)
             finally:
                 if progress is not None:
                     progress.stop()
@@ -217,8 +226,30 @@ class RunTimedOut(Exception):
     """``--timeout`` passed (not a TimeoutError the workload raised itself)."""
 
 
-async def _drive(workload: Any, backend: Any, timeout: float | None, stopper: RunStopper) -> None:
-    async with Session(backends=[backend]) as session:
+def _records(args: argparse.Namespace) -> list[Any]:
+    from ..records import EventLog, HtmlReport, Journal
+
+    for path in (args.journal, args.events, args.report):
+        if path is not None and not path.parent.is_dir():
+            raise ValueError(f"{path}: its folder {path.parent} does not exist")
+    records: list[Any] = []
+    if args.journal is not None:
+        records.append(Journal(args.journal))
+    if args.events is not None:
+        records.append(EventLog(args.events))
+    if args.report is not None:
+        records.append(HtmlReport(args.report, title=f"rhapsody run {args.workload.name}"))
+    return records
+
+
+async def _drive(workload: Any, backend: Any, timeout: float | None, stopper: RunStopper,
+                 records: list[Any], errors: Console) -> None:
+    async with Session(backends=[backend], records=records) as session:
+        for started in session.backends.values():
+            link = getattr(started, "dashboard_link", None)  # e.g. Dask's, when it serves one
+            if isinstance(link, str) and link:
+                errors.print(f"rhapsody: {started.name} dashboard: {link}", markup=False,
+                             highlight=False)
         job = asyncio.ensure_future(workload(session))
         try:
             # asyncio.wait, not wait_for: a TimeoutError the workload raises (a task's own timeout)

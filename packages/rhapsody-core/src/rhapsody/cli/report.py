@@ -21,6 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..hookspecs import hookimpl
+from ..records.timeline import failure_text, task_label
 from ..states import TERMINAL_STATES
 from ..task import Task
 
@@ -44,6 +45,7 @@ class RunReport:
     states: Counter[str] = field(default_factory=Counter)
     failures: list[Failure] = field(default_factory=list)
     failure_count: int = 0
+    restored: int = 0  # ended DONE from a journal's record, without running
     started: float = field(default_factory=time.monotonic)
     _progress_id: TaskID | None = None
     _submit_times: dict[str, float] = field(default_factory=dict)
@@ -62,8 +64,10 @@ class RunReport:
             elif state in TERMINAL_STATES:
                 ended += 1
                 self.states[state] += 1
+                if task.get("restored"):
+                    self.restored += 1
                 began = self._submit_times.pop(uid, now)
-                entry = (now - began, uid)
+                entry = (now - began, task_label(task))
                 if len(self._slowest) < _SLOWEST:
                     heapq.heappush(self._slowest, entry)
                 else:
@@ -79,10 +83,7 @@ class RunReport:
         self.failure_count += 1
         if len(self.failures) >= _FAILURES_SHOWN:
             return
-        stderr = (task.get("stderr") or "").strip()
-        exc = task.get("exception")
-        detail = stderr[-500:] if stderr else (f"{type(exc).__name__}: {exc}" if exc else "no detail")
-        self.failures.append(Failure(task["uid"], task.get("exit_code"), detail))
+        self.failures.append(Failure(task_label(task), task.get("exit_code"), failure_text(task, 500)))
 
     @property
     def ended(self) -> int:
@@ -97,10 +98,13 @@ class RunReport:
         counts = Table(title="rhapsody run summary", show_header=True)
         for state in ("DONE", "FAILED", "CANCELED"):
             counts.add_column(state, justify="right")
+        if self.restored:
+            counts.add_column("restored", justify="right")
         counts.add_column("wall time", justify="right")
         counts.add_column("throughput", justify="right")
         rate = self.ended / wall if wall > 0 else 0.0
         counts.add_row(*(str(self.states[s]) for s in ("DONE", "FAILED", "CANCELED")),
+                       *([str(self.restored)] if self.restored else []),
                        f"{wall:.2f} s", f"{rate:.1f} tasks/s")
         console.print(counts)
         if self._slowest:

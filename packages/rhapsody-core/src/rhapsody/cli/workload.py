@@ -19,7 +19,7 @@ from ..task import ComputeTask
 
 Workload = Callable[[Session], Awaitable[Any]]
 
-_TASK_KEYS = frozenset({"executable", "arguments", "uid", "timeout", "cwd", "env", "shell",
+_TASK_KEYS = frozenset({"executable", "arguments", "uid", "name", "timeout", "cwd", "env", "shell",
                         "backend", "task_backend_specific_kwargs"})
 
 
@@ -114,12 +114,24 @@ def _task_from_entry(path: pathlib.Path, index: int, entry: Any) -> ComputeTask:
             executable=entry["executable"],
             arguments=arguments,
             uid=entry.get("uid"),
+            name=entry.get("name") or _default_name(index, entry["executable"], arguments),
             timeout=entry.get("timeout"),
             backend=entry.get("backend"),
             task_backend_specific_kwargs=options,
         )
     except (TypeError, ValueError) as exc:
         raise WorkloadError(f"{where}: {exc}") from None
+
+
+_NAME_LENGTH = 60
+
+
+def _default_name(index: int, executable: Any, arguments: list[str]) -> str:
+    """``"#3 sleep 1"``: the entry's position in the file and its command, cut to a line."""
+    command = " ".join([str(executable), *arguments])
+    if len(command) > _NAME_LENGTH:
+        command = command[:_NAME_LENGTH - 1] + "…"
+    return f"#{index + 1} {command}"
 
 
 def _not_text(value: Any) -> str:

@@ -35,7 +35,7 @@ from typing import NamedTuple
 from ..hookspecs import hookimpl
 from ..states import TERMINAL_STATES, TaskState
 from ..task import Task
-from .timeline import began, failure_text, submitted
+from .timeline import began, failure_text, submitted, task_label
 
 _SLOWEST = 10
 _MAX_LANES = 100
@@ -124,7 +124,7 @@ class HtmlReport:
         end = stamps.get(state, now)
         start = submitted(task) or end
         self._ends.append(end)
-        label = _label(task)
+        label = task_label(task)
         entry = (end - start, label)
         if len(self._slowest) < _SLOWEST:
             heapq.heappush(self._slowest, entry)
@@ -257,11 +257,6 @@ class HtmlReport:
             items.append(f"<li class=failure><b>{html.escape(failure.label)}</b> "
                          f"{failure.state}{code}<pre>{html.escape(failure.detail)}</pre></li>")
         return f"<ul id=failures>{''.join(items)}</ul>"
-
-
-def _label(task: Task) -> str:
-    name = task.get("name")
-    return f"{name} ({task['uid']})" if name else str(task["uid"])
 
 
 def _lanes(bars: Sequence[_Bar]) -> list[tuple[str, list[_Bar]]]:

@@ -75,3 +75,9 @@ def failure_text(task: Task, limit: int = 2000) -> str:
     if task.get("exit_code") is not None:
         return f"exit code {task['exit_code']}, no stderr"
     return "no detail"
+
+
+def task_label(task: Task) -> str:
+    """How reports name a task: ``"name (uid)"``, or the uid of a task without a name."""
+    name = task.get("name")
+    return f"{name} ({task['uid']})" if name else str(task["uid"])
