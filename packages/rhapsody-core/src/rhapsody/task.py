@@ -694,9 +694,9 @@ class AITask(Task):
                 raise ValueError("AITask: prompt must not be empty")
         _check_range("temperature", temperature, 0.0, 2.0)
         _check_range("top_p", top_p, 0.0, 1.0, low_open=True)
-        for name, value in (("max_tokens", max_tokens), ("top_k", top_k)):
+        for option, value in (("max_tokens", max_tokens), ("top_k", top_k)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise TypeError(f"AITask: {name} must be an integer, got {value!r}")
+                raise TypeError(f"AITask: {option} must be an integer, got {value!r}")
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"AITask: max_tokens must be an integer >= 1, got {max_tokens!r}")
         if top_k is not None and top_k < 1 and top_k != -1:

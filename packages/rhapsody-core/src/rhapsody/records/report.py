@@ -200,8 +200,7 @@ class HtmlReport:
             rects.append(f'<rect class=tput x="{index * bar_w:.1f}" y="{height - h:.1f}" '
                          f'width="{bar_w - 1:.1f}" height="{h:.1f}"><title>{count} tasks ended in '
                          f'{index * width:.3f}–{(index + 1) * width:.3f} s</title></rect>')
-        return (f'<svg id=throughput width="{_WIDTH}" height="{height + 20}" '
-                f'xmlns="http://www.w3.org/2000/svg">'
+        return (f'<svg id=throughput width="{_WIDTH}" height="{height + 20}">'
                 f'<text x="2" y="12">peak {peak:.1f} tasks/s</text>{"".join(rects)}'
                 f'<text x="0" y="{height + 16}">0 s</text>'
                 f'<text x="{_WIDTH - 2}" y="{height + 16}" text-anchor="end">{span:.3f} s</text>'
@@ -215,7 +214,7 @@ class HtmlReport:
         label_w = 180
         scale = (_WIDTH - label_w) / span
         height = len(lanes) * _LANE + 20
-        out = [f'<svg id=stream width="{_WIDTH}" height="{height}" xmlns="http://www.w3.org/2000/svg">']
+        out = [f'<svg id=stream width="{_WIDTH}" height="{height}">']
         for row, (name, bars) in enumerate(lanes):
             y = row * _LANE
             out.append(f'<text class=lane x="0" y="{y + _LANE - 3}">{html.escape(name)}</text>')
