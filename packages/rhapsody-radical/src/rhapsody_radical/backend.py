@@ -39,6 +39,7 @@ from .pilot import (
     verified,
     wait_for_session_processes,
 )
+from .resources import check_function_request, description_fields
 
 log = logging.getLogger("rhapsody_radical")
 
@@ -519,6 +520,8 @@ class RadicalBackend(BaseBackend):
 
     def _describe_executable(self, task: Task, rp: Any) -> Any:
         options = self._options(task, None)
+        # ComputeTask(resources=...) as RP fields; a field task_backend_specific_kwargs sets wins.
+        options.update(description_fields(task, options))
         shell = options.pop("shell", False)
         if not isinstance(shell, bool):
             raise TypeError(f"task {task['uid']}: task_backend_specific_kwargs['shell'] must be a bool, got {shell!r}")
@@ -563,6 +566,7 @@ class RadicalBackend(BaseBackend):
         if self._raptor_failure is not None:
             raise RuntimeError(f"radical backend: Raptor has ended, function tasks cannot run.\n{self._raptor_failure}")
         options = self._options(task, _FUNCTION_KEYS)
+        check_function_request(task, self._raptor_cores)
         try:
             packed = functions.pack_call(task["function"], task["args"], task["kwargs"])
         except Exception as exc:
