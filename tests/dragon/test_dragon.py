@@ -1,4 +1,5 @@
-"""What only the Dragon backend does, on a real Dragon runtime (one Batch for the module)."""
+"""What only the Dragon backend does on its Batch, on a real Dragon runtime (one Batch for the module,
+functions on it too: ``function_mode="batch"``; the worker pool is tested in test_pool.py)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class Harness:
 def dragon() -> Iterator[Harness]:
     loop = asyncio.new_event_loop()
     try:
-        backend = rhapsody.get_backend("dragon", disable_telemetry=True)
+        # The Batch path for functions too: these tests look at the Batch's own bookkeeping.
+        backend = rhapsody.get_backend("dragon", function_mode="batch", disable_telemetry=True)
         session = rhapsody.Session(backends=[backend])
         loop.run_until_complete(asyncio.wait_for(session.start(), 120))
         try:

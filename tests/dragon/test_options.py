@@ -38,6 +38,8 @@ def test_check_available_passes_with_dragonhpc_installed() -> None:
     ({"pool_nodes": "2"}, "pool_nodes must be an integer >= 1"),
     ({"workers_per_node": True}, "workers_per_node must be an integer >= 1"),
     ({"shutdown_timeout": 0}, "shutdown_timeout must be a positive number"),
+    ({"chunk_size": 0}, "chunk_size must be an integer >= 1"),
+    ({"function_mode": "threads"}, r"function_mode must be one of \('pool', 'batch'\), got 'threads'"),
 ])
 def test_bad_constructor_options(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -1,4 +1,6 @@
-"""A function that ends its Dragon worker process, on a real Dragon runtime (a Batch of its own).
+"""A function that ends its Dragon worker process in batch mode, on a real Dragon runtime (a Batch of its own).
+
+The worker pool (the default) replaces the worker and goes on: tests/dragon/test_pool.py.
 
 dragonhpc 0.15's Batch runs no task again once one of its workers has died; the backend turns
 that into failures, never into tasks that wait forever.
@@ -22,7 +24,7 @@ NO_HANG = 150.0  # only proves that nothing waits forever
 
 def test_a_dead_worker_fails_its_task_and_nothing_waits_forever() -> None:
     async def body() -> None:
-        backend = rhapsody.get_backend("dragon", disable_telemetry=True)
+        backend = rhapsody.get_backend("dragon", function_mode="batch", disable_telemetry=True)
         async with rhapsody.Session(backends=[backend]) as session:
             doomed = ComputeTask(function=workloads.end_own_process, args=(13,))
             others = [ComputeTask(function=workloads.add, args=(i, 1)) for i in range(3)]

@@ -1,6 +1,11 @@
-"""``DragonBackend``: rhapsody tasks streamed through one always-running ``dragon.workflows.batch.Batch``.
+"""``DragonBackend``: function tasks on a pool of long-lived Dragon workers, the rest on a ``Batch``.
 
-The hot path reads top to bottom in this file: :meth:`DragonBackend.submit_tasks` hands each task
+Function tasks go to :class:`rhapsody_dragon.pool.FunctionPool` (``function_mode="pool"``, the
+default) or, with ``function_mode="batch"``, to the Batch as every other task does. Executables
+and MPI jobs always stream through one ``dragon.workflows.batch.Batch``, started when the first
+such task comes (in batch mode: when the backend starts).
+
+The Batch path reads top to bottom in this file: :meth:`DragonBackend.submit_tasks` hands each task
 to the Batch and records it; the monitor thread (:meth:`DragonBackend._monitor`) takes the tuids
 Batch announces and, every 0.2 s, those the Batch's results DDict lists (results written and not
 yet taken: Batch announces per launch group), pops each result (one round trip that reads and
@@ -31,6 +36,7 @@ from rhapsody import BaseBackend, Task, WorkerLostError
 from rhapsody.builtin.worker_markers import exit_status
 
 from . import _compat
+from .pool import FunctionPool
 from .runner import TIMED_OUT
 from .templates import ProcessSpec, build_templates, check_options, find_program
 
@@ -46,6 +52,7 @@ _LISTING_INTERVAL_S = 0.2
 
 _LIVENESS_INTERVAL_S = 1.0  # how often the monitor looks for function tasks whose worker died
 _HOST = socket.gethostname()
+FUNCTION_MODES = ("pool", "batch")
 
 
 def _run_watched(watch_path: str, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -92,10 +99,18 @@ class _Entry:
 
 
 class DragonBackend(BaseBackend):
-    """Runs functions (sync and ``async``), executables and MPI jobs on a Dragon ``Batch``.
+    """Runs functions (sync and ``async``) on long-lived Dragon workers, executables and MPI jobs
+    on a Dragon ``Batch``.
 
-    The Batch starts when the backend is awaited and stays up until ``close()``: tasks stream
-    into it as they are submitted, with no compile or start step.
+    With ``function_mode="pool"`` (the default) function tasks run on a pool of worker processes
+    started when the backend is awaited, ``workers_per_node`` on each of ``num_nodes`` nodes, fed
+    in chunks (see :mod:`rhapsody_dragon.pool`). A worker that dies fails only the task it was
+    running, with :class:`rhapsody.WorkerLostError` (so the session runs it again), and is
+    replaced. With ``function_mode="batch"`` functions stream through the Batch instead, one
+    Dragon task each (~3 tasks/s on 2 cores; a worker death there stops the Batch for good).
+
+    The Batch stays up until ``close()``: tasks stream into it as they are submitted, with no
+    compile or start step. In pool mode it starts with the first executable.
 
     Executables run as Dragon processes. ``task_backend_specific_kwargs`` may hold:
 
@@ -107,13 +122,18 @@ class DragonBackend(BaseBackend):
     - ``shell``: ``True`` runs ``executable`` (with ``arguments`` quoted onto it) through
       ``/bin/sh -c``.
 
-    Function tasks take no options (they run in Batch's worker processes).
+    Function tasks take no options.
 
     Args:
-        num_nodes: nodes for the Batch (``None``: let Dragon decide, i.e. all of them).
-        pool_nodes: nodes per worker pool, passed to ``Batch`` (Dragon 0.15 always uses 1).
-        workers_per_node: worker processes per node (``None``: Dragon's default, one per
-            physical core).
+        function_mode: ``"pool"`` (function tasks on the worker pool) or ``"batch"`` (on the
+            Batch, one Dragon task each).
+        num_nodes: nodes for the pool and the Batch (``None``: all nodes of the allocation).
+        pool_nodes: nodes per Batch worker pool, passed to ``Batch`` (Dragon 0.15 always uses 1).
+        workers_per_node: worker processes per node: the pool's in pool mode (``None``: one per
+            logical CPU of a node, as ``ProcessPoolExecutor`` does), the Batch's in batch mode
+            (``None``: Dragon's default, one per physical core). In pool mode the Batch, which
+            then runs only executables, keeps Dragon's default.
+        chunk_size: the most function tasks sent to a pool worker at once (pool mode).
         output_dir: where executables' stdout/stderr files are written and read back; it must
             be visible from every node. ``None``: a temporary directory, removed on close.
         disable_telemetry: passed to ``Batch(disable_telem=...)``.
@@ -121,7 +141,8 @@ class DragonBackend(BaseBackend):
         name: this instance's name in a session (default ``"dragon"``).
 
     Raises:
-        ValueError: a count below 1 or a non-positive ``shutdown_timeout``.
+        ValueError: a count below 1, a non-positive ``shutdown_timeout`` or an unknown
+            ``function_mode``.
     """
 
     name = "dragon"
@@ -130,9 +151,11 @@ class DragonBackend(BaseBackend):
     def __init__(
         self,
         *,
+        function_mode: str = "pool",
         num_nodes: int | None = None,
         pool_nodes: int | None = None,
         workers_per_node: int | None = None,
+        chunk_size: int = 256,
         output_dir: str | Path | None = None,
         disable_telemetry: bool = False,
         shutdown_timeout: float = 30.0,
@@ -140,12 +163,18 @@ class DragonBackend(BaseBackend):
     ) -> None:
         super().__init__(name=name)
         for label, value in (("num_nodes", num_nodes), ("pool_nodes", pool_nodes),
-                             ("workers_per_node", workers_per_node)):
+                             ("workers_per_node", workers_per_node), ("chunk_size", chunk_size)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"dragon: {label} must be an integer >= 1 or None, got {value!r}")
         if not (isinstance(shutdown_timeout, (int, float)) and shutdown_timeout > 0
                 and math.isfinite(shutdown_timeout)):
             raise ValueError(f"dragon: shutdown_timeout must be a positive number, got {shutdown_timeout!r}")
+        if function_mode not in FUNCTION_MODES:
+            raise ValueError(f"dragon: function_mode must be one of {FUNCTION_MODES}, got {function_mode!r}")
+        self._function_mode = function_mode
+        self._chunk_size = chunk_size
+        self._pool: FunctionPool | None = None
+        self._batch_starting: asyncio.Lock | None = None
         self._num_nodes = num_nodes
         self._pool_nodes = pool_nodes
         self._workers_per_node = workers_per_node
@@ -183,28 +212,62 @@ class DragonBackend(BaseBackend):
         import dragon.workflows.batch  # noqa: F401
 
     async def _initialize(self) -> None:
-        """Start the Batch (seconds: Dragon starts its managers, workers and results DDict).
+        """Start the worker pool (pool mode) or the Batch (batch mode): seconds, either way.
 
         Raises:
             ImportError: dragonhpc is not installed.
             RuntimeError: not running under the ``dragon`` launcher.
+            ValueError: ``num_nodes`` is more than the allocation has.
+            TimeoutError: pool workers did not start within ``shutdown_timeout`` + 60 s.
         """
         self.check_available()
         _require_dragon_runtime()
-        self._batch = await asyncio.to_thread(self._start_batch)
         if self._output_dir_option is None:
             self._output_dir = Path(tempfile.mkdtemp(prefix="rhapsody-dragon-"))
             self._own_output_dir = True
         else:
             self._output_dir = self._output_dir_option
             self._output_dir.mkdir(parents=True, exist_ok=True)
+        if self._function_mode == "pool":
+            self._pool = await asyncio.to_thread(self._start_pool)
+        else:
+            self._batch = await asyncio.to_thread(self._start_batch)
+
+    def _start_pool(self) -> FunctionPool:
+        from dragon.native.machine import Node, System
+
+        nodes = [Node(uid) for uid in System().nodes]
+        if self._num_nodes is not None:
+            if self._num_nodes > len(nodes):
+                raise ValueError(f"dragon: num_nodes={self._num_nodes}, but the allocation has {len(nodes)} node(s)")
+            nodes = nodes[:self._num_nodes]
+        # As ProcessPoolExecutor does: one worker per logical CPU (of the smallest node).
+        per_node = self._workers_per_node or max(1, min(node.num_cpus for node in nodes))
+        pool = FunctionPool(self.report, hosts=[node.hostname for node in nodes], workers_per_node=per_node,
+                            chunk_size=self._chunk_size, start_timeout=self._shutdown_timeout + 60.0)
+        pool.start()
+        return pool
+
+    async def _ensure_batch(self) -> Any:
+        """The Batch, started on first use in pool mode (one start, however many callers wait)."""
+        if self._batch is None:
+            if self._batch_starting is None:
+                self._batch_starting = asyncio.Lock()
+            async with self._batch_starting:
+                if self._batch is None and not self._closed:
+                    self._batch = await asyncio.to_thread(self._start_batch)
+        if self._batch is None:
+            raise RuntimeError("dragon: the backend has been closed")
+        return self._batch
 
     def _start_batch(self) -> Any:
         from dragon.workflows.batch import Batch
 
         options: dict[str, Any] = {"num_nodes": self._num_nodes, "pool_nodes": self._pool_nodes,
                                    "disable_telem": self._disable_telemetry}
-        if self._workers_per_node is not None:
+        if self._workers_per_node is not None and self._function_mode == "batch":
+            # In pool mode the option sizes the pool; the Batch, for executables, keeps Dragon's
+            # default (it refuses more workers than physical cores).
             options["workers_per_node"] = self._workers_per_node
         batch = Batch(**options)
         try:
@@ -230,6 +293,16 @@ class DragonBackend(BaseBackend):
             # The monitor looks at the stop flag at least every _SWEEP_INTERVAL_S.
             await asyncio.to_thread(monitor.join, min(5.0, self._shutdown_timeout))
         try:
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                # What the pool still holds the session ends CANCELED once the backend is closed.
+                await asyncio.to_thread(pool.close, min(5.0, self._shutdown_timeout))
+            for ddict in self._ddicts:
+                try:
+                    ddict.destroy()
+                except Exception:  # noqa: BLE001 - already destroyed by its user, or runtime gone
+                    pass
+            self._ddicts.clear()
             if self._batch is not None:
                 await asyncio.to_thread(self._stop_batch)
         finally:
@@ -242,12 +315,6 @@ class DragonBackend(BaseBackend):
 
     def _stop_batch(self) -> None:
         batch, self._batch = self._batch, None
-        for ddict in self._ddicts:
-            try:
-                ddict.destroy()
-            except Exception:  # noqa: BLE001 - already destroyed by its user, or runtime gone
-                pass
-        self._ddicts.clear()
         # Tasks that still run are stopped as cancel_task stops them, so that the Batch can wind
         # down through join(): terminate() with work in flight has brought the whole Dragon
         # runtime down ("fatal exception") on a loaded 2-core machine. Bounded as a whole.
@@ -307,7 +374,8 @@ class DragonBackend(BaseBackend):
         return specs
 
     async def submit_tasks(self, tasks: Sequence[Task]) -> None:
-        """Hand every task to the Batch; returns once they are queued there.
+        """Hand function tasks to the pool (pool mode) and the others to the Batch; returns once
+        they are queued. Starts the Batch first when the call is its first task (pool mode).
 
         Raises:
             ValueError, TypeError: a task's ``task_backend_specific_kwargs`` has a key this
@@ -315,12 +383,26 @@ class DragonBackend(BaseBackend):
                 nothing of this call is submitted then.
             RuntimeError: the backend is not started, or Dragon failed earlier.
         """
-        batch = self._batch
-        if batch is None:
+        if not self._initialized or self._closed:
             raise RuntimeError("dragon: the backend is not started (await it) or has been closed")
-        if self._broken is not None:
-            raise RuntimeError(f"dragon: the Batch failed earlier: {self._broken!r}") from self._broken
         specs = self._specs(tasks)
+        pool = self._pool
+        pooled: list[Task] = []
+        if pool is not None:
+            if pool.broken is not None:
+                raise RuntimeError(f"dragon: the worker pool failed earlier: {pool.broken!r}") from pool.broken
+            pooled = [task for task, spec in zip(tasks, specs) if spec is None]
+            if pooled:
+                kept = [(task, spec) for task, spec in zip(tasks, specs) if spec is not None]
+                tasks, specs = [task for task, _ in kept], [spec for _, spec in kept]
+        if tasks:
+            if self._broken is not None:
+                raise RuntimeError(f"dragon: the Batch failed earlier: {self._broken!r}") from self._broken
+            batch = await self._ensure_batch()
+        if pooled:
+            pool.submit(pooled)  # type: ignore[union-attr]
+        if not tasks:
+            return
 
         unplaceable: list[tuple[Task, str]] = []
         with self._lock:
@@ -552,6 +634,9 @@ class DragonBackend(BaseBackend):
         killed; a running function is stopped by its worker. The task is reported ``CANCELED`` at
         once, and whatever Dragon later returns for it is discarded.
         """
+        pool = self._pool
+        if pool is not None and pool.holds(task):
+            return await asyncio.to_thread(pool.cancel, task)
         tuid = self._tuid_of.get(task["uid"])
         with self._lock:
             entry = self._registry.get(tuid) if tuid is not None else None
@@ -566,20 +651,28 @@ class DragonBackend(BaseBackend):
         return True
 
     async def fence(self, timeout: float | None = None) -> None:
-        """Wait until Dragon has run every task this backend submitted so far.
+        """Wait until Dragon has run every task this backend submitted so far (pool and Batch).
 
         Raises:
             RuntimeError: the backend is not started.
             TimeoutError: ``timeout`` seconds passed first.
         """
-        batch = self._batch
-        if batch is None:
+        if not self._initialized or self._closed:
             raise RuntimeError("dragon: the backend is not started (await it) or has been closed")
-        bound = 1e9 if timeout is None else timeout
         try:
-            await asyncio.wait_for(asyncio.to_thread(batch.fence, bound), timeout)
+            await asyncio.wait_for(self._fence(timeout), timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"dragon: fence did not complete within {timeout} s") from None
+
+    async def _fence(self, timeout: float | None) -> None:
+        pool, batch = self._pool, self._batch
+        if pool is not None:
+            held = pool.pending_tids()
+            # The pool reports each result sweep; a short sleep between looks costs no CPU.
+            while pool.still_held(held):
+                await asyncio.sleep(0.005)
+        if batch is not None:
+            await asyncio.to_thread(batch.fence, 1e9 if timeout is None else timeout)
 
     async def create_ddict(self, *, managers_per_node: int = 1, n_nodes: int = 1,
                            total_mem: int = 64 * 1024**2, **options: Any) -> Any:
@@ -592,7 +685,7 @@ class DragonBackend(BaseBackend):
             RuntimeError: the backend is not started.
             TypeError, ValueError, DDictError: what ``DDict`` raises for bad options.
         """
-        if self._batch is None:
+        if not self._initialized or self._closed:
             raise RuntimeError("dragon: the backend is not started (await it) or has been closed")
         from dragon.data.ddict.ddict import DDict
 

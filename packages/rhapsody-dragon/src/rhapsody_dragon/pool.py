@@ -1,0 +1,407 @@
+"""``FunctionPool``: function tasks on long-lived Dragon worker processes, in chunks.
+
+Built from Dragon's own parts, as ``dragon.native.Pool`` is: one ``ProcessGroup`` (restarting
+workers that exit) whose workers run :func:`rhapsody_dragon.worker.serve`, a task ``Queue`` and a
+results ``Queue``. Unlike ``Pool`` it knows, per task, what a dead worker was running (see
+:mod:`rhapsody_dragon.worker`), so a worker death fails one task and the pool keeps running.
+
+Dispatch: submitted tasks wait in a backlog here; at most two chunks per worker are in Dragon's
+hands at a time, each ``ceil(backlog / (2 * workers))`` tasks long (at least 1, at most
+``chunk_size``). A lone task on an idle pool therefore goes out at once, alone, and a burst goes
+out in big chunks. Each result sweep of the monitor thread refills what the workers took. Keeping
+the rest here is also what lets ``cancel`` stop a queued task for certain.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import queue
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from rhapsody import Task, WorkerLostError
+
+from .worker import STOP, progress_path, read_progress, serve
+
+_DONE = "DONE"
+_FAILED = "FAILED"
+_CANCELED = "CANCELED"
+_SWEEP_TIMEOUT_S = 0.05  # how long the monitor blocks on the results queue before looking again
+CHUNKS_PER_WORKER = 2
+_HOST = socket.gethostname()
+
+
+@dataclass
+class _Chunk:
+    tids: list[int]  # in the order the worker runs them
+    pending: set[int]  # those whose result has not come back yet
+
+
+@dataclass
+class _Slot:
+    host: str
+    pid: int
+    replaced: int = 0  # how many of its workers died
+
+
+class FunctionPool:
+    """Worker processes placed ``workers_per_node`` per node on ``hosts``, fed in chunks.
+
+    ``report`` is the backend's thread-safe :meth:`rhapsody.BaseBackend.report`.
+    """
+
+    def __init__(self, report: Callable[[list[tuple[Task, str]]], None], *, hosts: Sequence[str],
+                 workers_per_node: int, chunk_size: int, start_timeout: float) -> None:
+        self._report = report
+        self._hosts = list(hosts)
+        self.workers = workers_per_node * len(self._hosts)
+        self._workers_per_node = workers_per_node
+        self._chunk_size = chunk_size
+        self._start_timeout = start_timeout
+        shm = Path("/dev/shm")
+        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+        # Each node's workers make this directory on their own node; the last one out removes it.
+        self._progress_dir = str(base / f"rhapsody-dragon-{uuid.uuid4().hex[:12]}")
+
+        self._group: Any = None
+        self._tasks_queue: Any = None
+        self._results_queue: Any = None
+        self._slots: dict[int, _Slot] = {}
+        self._tids = itertools.count(1)
+        self._chunk_ids = itertools.count(1)
+        # Every task the pool holds, by tid; a cancelled one leaves at once (its result, if one
+        # comes, is dropped).
+        self._tasks: dict[int, Task] = {}
+        self._tid_of: dict[str, int] = {}
+        self._timeouts: dict[int, float | None] = {}
+        self._payloads: dict[int, bytes] = {}
+        self._backlog: deque[int] = deque()
+        self._chunks: dict[int, _Chunk] = {}
+        self._chunk_of: dict[int, int] = {}  # tid -> chunk id, while dispatched
+        self._killed: set[int] = set()  # slots whose worker cancel killed (their loss is no failure)
+        self._lock = threading.Lock()
+        self._monitor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.broken: BaseException | None = None
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers and wait until each has said hello (bounded by ``start_timeout``).
+
+        Raises:
+            TimeoutError: not every worker started in time (the group is stopped again).
+        """
+        from dragon.infrastructure.policy import Policy
+        from dragon.native.process import ProcessTemplate
+        from dragon.native.process_group import ProcessGroup
+        from dragon.native.queue import Queue
+
+        self._tasks_queue = Queue()
+        self._results_queue = Queue()
+        group = ProcessGroup(restart=True, ignore_error_on_exit=True)
+        slot = 0
+        for host in self._hosts:
+            policy = Policy(placement=Policy.Placement.HOST_NAME, host_name=host)
+            for _ in range(self._workers_per_node):
+                # One template per slot: a restarted worker gets its slot's template again, so it
+                # knows which progress file its predecessor left.
+                group.add_process(1, ProcessTemplate(serve, args=(slot, self._tasks_queue, self._results_queue,
+                                                                  self._progress_dir), policy=policy))
+                slot += 1
+        group.init()
+        self._group = group
+        group.start()
+        deadline = time.monotonic() + self._start_timeout
+        while len(self._slots) < self.workers:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close(patience=2.0)
+                raise TimeoutError(f"dragon: {self.workers - len(self._slots)} of {self.workers} pool workers "
+                                   f"did not start within {self._start_timeout} s")
+            try:
+                message = cloudpickle.loads(self._results_queue.get(timeout=min(left, 1.0)))
+            except queue.Empty:
+                continue
+            if message[0] == "hello":
+                _, slot_id, host, pid, _lost = message
+                self._slots[slot_id] = _Slot(host, pid)
+        self._monitor = threading.Thread(target=self._watch, name="rhapsody-dragon-pool", daemon=True)
+        self._monitor.start()
+
+    def close(self, patience: float = 5.0) -> list[Task]:
+        """Stop the workers (what runs is killed) and return the tasks still held, for the caller
+        to end ``CANCELED``. Bounded: about ``3 * patience`` + 5 s."""
+        self._stopping.set()
+        if self._monitor is not None:
+            self._monitor.join(5.0)
+        left = self._drop_all()
+        group, self._group = self._group, None
+        if group is not None:
+            try:
+                group.stop_restart()
+                # Workers between tasks leave at once on STOP; stop() signals those still busy.
+                for _ in range(self.workers):
+                    self._tasks_queue.put(STOP, timeout=1.0)
+                group.join(timeout=patience)
+            except Exception:  # noqa: BLE001 - a group that does not wind down is stopped below
+                pass
+            try:
+                group.stop(patience=patience)
+            except Exception:  # noqa: BLE001 - already stopped
+                pass
+            try:
+                group.close(patience=patience)
+            except Exception:  # noqa: BLE001 - its manager is gone already
+                pass
+        for channel in (self._tasks_queue, self._results_queue):
+            if channel is not None:
+                try:
+                    channel.destroy()
+                except Exception:  # noqa: BLE001 - the runtime is going down
+                    pass
+        # This node's progress directory, if a killed worker left it.
+        for path in Path(self._progress_dir).glob("slot-*"):
+            path.unlink(missing_ok=True)
+        try:
+            Path(self._progress_dir).rmdir()
+        except OSError:
+            pass
+        return left
+
+    # -- submit, cancel, fence ---------------------------------------------------------------
+
+    def submit(self, tasks: Sequence[Task]) -> None:
+        """Queue function tasks; a task whose call cannot be pickled fails at once with why."""
+        refused: list[tuple[Task, str]] = []
+        ready: list[tuple[int, Task, float | None, bytes]] = []
+        dumps = cloudpickle.dumps
+        for task in tasks:
+            try:
+                payload = dumps((task["function"], task["args"], task["kwargs"]))
+            except Exception as exc:  # noqa: BLE001 - the task fails with what pickling raised
+                task["exception"] = TypeError(f"dragon: task {task['uid']}: its function or arguments "
+                                              f"cannot be pickled for a worker process: {exc!r}")
+                refused.append((task, _FAILED))
+                continue
+            ready.append((next(self._tids), task, task["timeout"], payload))
+        with self._lock:
+            if self.broken is not None:
+                raise RuntimeError(f"dragon: the worker pool failed earlier: {self.broken!r}") from self.broken
+            for tid, task, timeout, payload in ready:
+                self._tasks[tid] = task
+                self._tid_of[task["uid"]] = tid
+                self._timeouts[tid] = timeout
+                self._payloads[tid] = payload
+                self._backlog.append(tid)
+            outgoing = self._take_chunks()
+        self._send(outgoing)
+        if refused:
+            self._report(refused)
+
+    def holds(self, task: Task) -> bool:
+        """Whether ``task`` is in this pool (queued or running)."""
+        return task["uid"] in self._tid_of
+
+    def cancel(self, task: Task) -> bool:
+        """Cancel a pool task: ``True`` when it ends ``CANCELED`` (reported here).
+
+        A task still in the backlog never starts. A task already handed to a worker is stopped
+        when it runs on this node (its worker is killed and replaced; the rest of its chunk runs
+        again); otherwise it cannot be stopped and ``False`` is returned.
+        """
+        with self._lock:
+            tid = self._tid_of.get(task["uid"])
+            if tid is None:
+                return False
+            chunk_id = self._chunk_of.get(tid)
+            if chunk_id is None:
+                self._forget(tid)  # still in the backlog: _take_chunks skips it
+                cancelled = True
+            else:
+                cancelled = self._kill_running(tid, chunk_id)
+                if cancelled:
+                    self._forget(tid)
+                    self._chunks[chunk_id].pending.discard(tid)
+        if cancelled:
+            self._report([(task, _CANCELED)])
+        return cancelled
+
+    def pending_tids(self) -> set[int]:
+        """The tids of the tasks the pool holds now (for a fence)."""
+        with self._lock:
+            return set(self._tasks)
+
+    def still_held(self, tids: set[int]) -> bool:
+        """Whether any of ``tids`` is still held (not ended)."""
+        tasks = self._tasks
+        return any(tid in tasks for tid in tids)
+
+    def _drop_all(self) -> list[Task]:
+        """Forget every task held; returns them."""
+        with self._lock:
+            left = list(self._tasks.values())
+            for table in (self._tasks, self._tid_of, self._timeouts, self._payloads, self._chunk_of,
+                          self._chunks):
+                table.clear()
+            self._backlog.clear()
+        return left
+
+    # -- inside, under self._lock ------------------------------------------------------------
+
+    def _forget(self, tid: int) -> Task | None:
+        task = self._tasks.pop(tid, None)
+        if task is not None:
+            self._tid_of.pop(task["uid"], None)
+        self._timeouts.pop(tid, None)
+        self._payloads.pop(tid, None)
+        self._chunk_of.pop(tid, None)
+        return task
+
+    def _take_chunks(self) -> list[bytes]:
+        """Cut chunks from the backlog while fewer than CHUNKS_PER_WORKER per worker are out."""
+        outgoing: list[bytes] = []
+        backlog, tasks = self._backlog, self._tasks
+        limit = CHUNKS_PER_WORKER * self.workers
+        while backlog and len(self._chunks) < limit:
+            size = min(self._chunk_size, max(1, math.ceil(len(backlog) / limit)))
+            tids: list[int] = []
+            while backlog and len(tids) < size:
+                tid = backlog.popleft()
+                if tid in tasks:  # a cancelled task is skipped
+                    tids.append(tid)
+            if not tids:
+                break
+            chunk_id = next(self._chunk_ids)
+            self._chunks[chunk_id] = _Chunk(tids, set(tids))
+            chunk_of = self._chunk_of
+            for tid in tids:
+                chunk_of[tid] = chunk_id
+            timeouts, payloads = self._timeouts, self._payloads
+            outgoing.append(cloudpickle.dumps(
+                (chunk_id, [(tid, timeouts[tid], payloads[tid]) for tid in tids])))
+        return outgoing
+
+    def _kill_running(self, tid: int, chunk_id: int) -> bool:
+        # Only a worker on this node can be seen running the task (its progress file) and killed.
+        chunk = self._chunks[chunk_id]
+        position = chunk.tids.index(tid) + 1
+        for slot_id, slot in self._slots.items():
+            if slot.host != _HOST:
+                continue
+            running_chunk, running_position, pid = read_progress(progress_path(self._progress_dir, slot_id))
+            if (running_chunk, running_position) == (chunk_id, position) and pid:
+                self._killed.add(slot_id)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                return True
+        return False
+
+    # -- the monitor -------------------------------------------------------------------------
+
+    def _send(self, outgoing: list[bytes]) -> None:
+        put = self._tasks_queue.put
+        for payload in outgoing:
+            put(payload)
+
+    def _watch(self) -> None:
+        get = self._results_queue.get
+        loads = cloudpickle.loads
+        stopping = self._stopping
+        messages: list[Any] = []
+        try:
+            while not stopping.is_set():
+                try:
+                    messages.append(loads(get(timeout=_SWEEP_TIMEOUT_S)))
+                    while True:
+                        messages.append(loads(get(block=False)))
+                except queue.Empty:
+                    pass
+                if not messages:
+                    continue
+                updates: list[tuple[Task, str]] = []
+                with self._lock:
+                    for message in messages:
+                        if message[0] == "done":
+                            self._take_results(message[1], message[2], message[3], updates)
+                        elif message[0] == "hello":
+                            _, slot_id, host, pid, lost = message
+                            self._worker_started(slot_id, host, pid, lost, updates)
+                    outgoing = self._take_chunks()
+                messages.clear()
+                self._send(outgoing)
+                if updates:
+                    self._report(updates)
+        except BaseException as exc:  # noqa: BLE001 - every task still held must end, never hang
+            self.broken = exc
+            left = self._drop_all()
+            for task in left:
+                task["exception"] = RuntimeError(f"dragon: the worker pool failed: {exc!r}")
+            if left:
+                self._report([(task, _FAILED) for task in left])
+
+    def _take_results(self, chunk_id: int, results: list[tuple[int, bool, bytes]], final: bool,
+                      updates: list[tuple[Task, str]]) -> None:
+        chunk = self._chunks.get(chunk_id)
+        for tid, ok, value in results:
+            if chunk is not None:
+                chunk.pending.discard(tid)
+            task = self._forget(tid)
+            if task is None:
+                continue  # cancelled meanwhile
+            try:
+                result = cloudpickle.loads(value)
+            except Exception as exc:  # noqa: BLE001 - e.g. the result's class is not importable here
+                task["exception"] = RuntimeError(f"dragon: task {task['uid']}: its result could not be "
+                                                 f"unpickled here: {exc!r}")
+                updates.append((task, _FAILED))
+                continue
+            if ok:
+                task["return_value"] = result
+                updates.append((task, _DONE))
+            else:
+                task["exception"] = result
+                updates.append((task, _FAILED))
+        if final:
+            self._chunks.pop(chunk_id, None)
+
+    def _worker_started(self, slot_id: int, host: str, pid: int, lost: tuple[int, int, int],
+                        updates: list[tuple[Task, str]]) -> None:
+        previous = self._slots.get(slot_id)
+        self._slots[slot_id] = _Slot(host, pid, previous.replaced + 1 if previous else 0)
+        killed = slot_id in self._killed
+        self._killed.discard(slot_id)
+        chunk_id, position, dead_pid = lost
+        chunk = self._chunks.pop(chunk_id, None) if chunk_id else None
+        if chunk is None:
+            return  # the worker died idle, or after its chunk's results were sent
+        again: list[int] = []
+        for index, tid in enumerate(chunk.tids, 1):
+            if tid not in chunk.pending:
+                continue
+            self._chunk_of.pop(tid, None)
+            if index == position and not killed:
+                task = self._forget(tid)
+                if task is not None:
+                    where = f"Dragon pool worker process {dead_pid} on {host}"
+                    task["exception"] = WorkerLostError(task["uid"], where)
+                    updates.append((task, _FAILED))
+            elif tid in self._tasks:
+                # Not started, or its result died with the worker: it runs again, first.
+                again.append(tid)
+        self._backlog.extendleft(reversed(again))

@@ -1,0 +1,285 @@
+"""The worker pool (``function_mode="pool"``, the default), on a real Dragon runtime (one pool for the module)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from dragon_support import runtime_missing
+
+import rhapsody
+from rhapsody import ComputeTask, WorkerLostError
+from rhapsody.testing import workloads
+
+pytestmark = pytest.mark.skipif(bool(runtime_missing()), reason=runtime_missing() or "-")
+
+WORKERS = 2
+
+
+class Harness:
+    def __init__(self, loop: asyncio.AbstractEventLoop, backend: Any, session: rhapsody.Session) -> None:
+        self.loop, self.backend, self.session = loop, backend, session
+
+    def run(self, coroutine: Any, timeout: float = 120.0) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
+
+    def submit_and_wait(self, tasks: list[ComputeTask], timeout: float = 120.0) -> None:
+        async def body() -> None:
+            await self.session.submit_tasks(tasks)
+            await self.session.wait_tasks(tasks, timeout=timeout)
+
+        self.run(body(), timeout + 10)
+
+
+@pytest.fixture(scope="module")
+def dragon() -> Iterator[Harness]:
+    loop = asyncio.new_event_loop()
+    try:
+        backend = rhapsody.get_backend("dragon", workers_per_node=WORKERS, disable_telemetry=True)
+        session = rhapsody.Session(backends=[backend])
+        loop.run_until_complete(asyncio.wait_for(session.start(), 120))
+        try:
+            yield Harness(loop, backend, session)
+        finally:
+            loop.run_until_complete(asyncio.wait_for(session.close(), 120))
+    finally:
+        loop.close()
+
+
+def _chunks_sent(pool: Any) -> tuple[list[int], Any]:
+    """Record the size of every chunk the pool sends (wraps its _send)."""
+    sizes: list[int] = []
+    send = pool._send
+    import cloudpickle
+
+    def recording(outgoing: list[bytes]) -> None:
+        sizes.extend(len(cloudpickle.loads(payload)[1]) for payload in outgoing)
+        send(outgoing)
+
+    pool._send = recording
+    return sizes, send
+
+
+def _idle(pool: Any) -> bool:
+    return not (pool._tasks or pool._backlog or pool._chunks or pool._chunk_of or pool._payloads)
+
+
+def test_pool_starts_with_the_backend_and_the_batch_waits_for_an_executable(dragon: Harness) -> None:
+    pool = dragon.backend._pool
+    assert pool is not None and pool.workers == WORKERS
+    assert len(pool._slots) == WORKERS
+    assert dragon.backend._batch is None, "no executable has come yet: the Batch must not be running"
+
+
+def test_a_lone_task_goes_out_alone_and_a_burst_in_chunks(dragon: Harness) -> None:
+    pool = dragon.backend._pool
+    sizes, send = _chunks_sent(pool)
+    try:
+        lone = ComputeTask(function=workloads.add, args=(1, 2))
+        dragon.submit_and_wait([lone])
+        assert lone.return_value == 3
+        assert sizes == [1], "a task on an idle pool must be sent at once, alone"
+        sizes.clear()
+        burst = [ComputeTask(function=workloads.square, args=(i,)) for i in range(3000)]
+        dragon.submit_and_wait(burst)
+        assert [t.return_value for t in burst] == [i * i for i in range(3000)]
+        assert sum(sizes) == 3000
+        assert max(sizes) == 256 and len(sizes) < 3000 / 50, sizes
+    finally:
+        pool._send = send
+    assert _idle(pool)
+
+
+def test_ten_thousand_tasks_none_lost(dragon: Harness) -> None:
+    count = 10_000
+    tasks = [ComputeTask(function=workloads.square, args=(i,)) for i in range(count)]
+    dragon.submit_and_wait(tasks, timeout=300)
+    assert [t.state for t in tasks] == ["DONE"] * count
+    assert [t.return_value for t in tasks] == [i * i for i in range(count)]
+    assert dragon.session.in_flight == 0
+    assert _idle(dragon.backend._pool)
+
+
+def test_own_exception_and_timeout_reach_the_future_and_the_worker_goes_on(dragon: Harness) -> None:
+    failing = ComputeTask(function=workloads.fail, args=("pool says no",))
+    slow = ComputeTask(function=workloads.sleep, args=(60,), timeout=1)
+    slow_async = ComputeTask(function=workloads.async_sleep, args=(60,), timeout=1)
+    started = time.monotonic()
+    dragon.submit_and_wait([failing, slow, slow_async], timeout=60)
+    assert time.monotonic() - started < 30
+    assert failing.state == "FAILED" and isinstance(failing.exception, workloads.KitError)
+    for task in (slow, slow_async):
+        assert task.state == "FAILED"
+        assert isinstance(task.exception, TimeoutError) and "timeout of 1" in str(task.exception)
+    after = [ComputeTask(function=workloads.add, args=(i, i)) for i in range(4)]
+    dragon.submit_and_wait(after)
+    assert [t.return_value for t in after] == [0, 2, 4, 6]
+
+
+def test_unpicklable_call_fails_alone_with_why(dragon: Harness) -> None:
+    bad = ComputeTask(function=workloads.add, args=(threading.Lock(), 1))
+    good = ComputeTask(function=workloads.add, args=(1, 1))
+    dragon.submit_and_wait([bad, good])
+    assert bad.state == "FAILED" and isinstance(bad.exception, TypeError)
+    assert "cannot be pickled" in str(bad.exception)
+    assert good.return_value == 2
+
+
+def test_a_dead_worker_fails_only_its_task_is_replaced_and_the_pool_goes_on(dragon: Harness) -> None:
+    pool = dragon.backend._pool
+    before = {slot: state.pid for slot, state in pool._slots.items()}
+    # One submit: the doomed task shares chunks with healthy ones.
+    doomed = ComputeTask(function=workloads.end_own_process, args=(13,), retries=0)
+    healthy = [ComputeTask(function=workloads.add, args=(i, 1)) for i in range(40)]
+    dragon.submit_and_wait([*healthy[:20], doomed, *healthy[20:]], timeout=120)
+    assert doomed.state == "FAILED"
+    assert isinstance(doomed.exception, WorkerLostError) and doomed.exception.uid == doomed.uid
+    assert "Dragon pool worker process" in str(doomed.exception)
+    assert [t.return_value for t in healthy] == [i + 1 for i in range(40)]
+    # One slot has a new process; the pool still has all its workers and runs new work.
+    after = {slot: state.pid for slot, state in pool._slots.items()}
+    assert len(after) == WORKERS
+    assert sum(before[slot] != after[slot] for slot in after) == 1
+    later = [ComputeTask(function=workloads.square, args=(i,)) for i in range(200)]
+    dragon.submit_and_wait(later)
+    assert [t.return_value for t in later] == [i * i for i in range(200)]
+    assert _idle(pool)
+
+
+def test_a_lost_task_is_retried_on_a_new_worker(dragon: Harness, tmp_path: pathlib.Path) -> None:
+    marker = tmp_path / "died-once"
+    task = ComputeTask(function=workloads.end_own_process_once, args=(str(marker), 13))
+    dragon.submit_and_wait([task])
+    assert marker.exists()
+    assert (task.state, task.return_value, task.retried) == ("DONE", "survived", 1), task.exception
+
+
+def test_cancel_of_queued_work_never_runs_it(dragon: Harness, tmp_path: pathlib.Path) -> None:
+    pool = dragon.backend._pool
+    markers = [tmp_path / f"late-{i}" for i in range(5)]
+
+    def touch(path: str) -> None:
+        pathlib.Path(path).touch()
+
+    async def body() -> list[ComputeTask]:
+        # One blocker per submit: each is a chunk of its own, until every chunk the pool lets
+        # out is taken; the late tasks then wait in the pool's backlog.
+        blockers = []
+        for _ in range(2 * WORKERS):
+            blocker = ComputeTask(function=workloads.sleep, args=(2,))
+            await dragon.session.submit_tasks([blocker])
+            blockers.append(blocker)
+        late = [ComputeTask(function=touch, args=(str(path),)) for path in markers]
+        await dragon.session.submit_tasks(late)
+        assert len(pool._backlog) == len(late)
+        for task in late:
+            assert await dragon.session.cancel_task(task) is True
+            assert task.state == "CANCELED"
+        await dragon.session.wait_tasks(blockers, timeout=60)
+        return blockers
+
+    blockers = dragon.run(body())
+    assert [t.state for t in blockers] == ["DONE"] * len(blockers)
+    dragon.submit_and_wait([ComputeTask(function=workloads.add, args=(1, 1))])  # the pool drained
+    assert not any(path.exists() for path in markers), "a cancelled queued task ran"
+    assert _idle(pool)
+
+
+def _spinner(seconds: float) -> Any:
+    # Defined in a function so that cloudpickle ships it by value.
+    def spin() -> int:
+        deadline = time.monotonic() + seconds
+        turns = 0
+        while time.monotonic() < deadline:
+            turns += 1
+        return turns
+
+    return spin
+
+
+def test_cancel_of_a_running_function_stops_it(dragon: Harness) -> None:
+    pool = dragon.backend._pool
+    task = ComputeTask(function=_spinner(120))
+
+    async def body() -> bool:
+        await dragon.session.submit_tasks([task])
+        await asyncio.sleep(1.5)
+        return await dragon.session.cancel_task(task)
+
+    before = {slot: state.pid for slot, state in pool._slots.items()}
+    started = time.monotonic()
+    assert dragon.run(body()) is True
+    assert task.state == "CANCELED"
+    # Its worker was killed and replaced; the pool runs new work, and nothing waits 120 s.
+    later = ComputeTask(function=workloads.add, args=(2, 3))
+    dragon.submit_and_wait([later])
+    assert later.return_value == 5
+    assert time.monotonic() - started < 60
+    # The killed worker's replacement says hello when Dragon has started it.
+    dragon.run(_until_replaced(pool, before), timeout=60)
+    assert _idle(pool)
+
+
+async def _until_replaced(pool: Any, before: dict[int, int]) -> None:
+    while sum(before[slot] != state.pid for slot, state in pool._slots.items()) != 1:
+        await asyncio.sleep(0.05)
+    assert len(pool._slots) == WORKERS
+
+
+def test_fence_covers_the_pool(dragon: Harness) -> None:
+    tasks = [ComputeTask(function=workloads.sleep, args=(0.3,)) for _ in range(6)]
+
+    async def body() -> None:
+        await dragon.session.submit_tasks(tasks)
+        await dragon.backend.fence(timeout=60)
+        # Every task ran: the pool holds none of them (their reports may still be on the way).
+        assert not any(dragon.backend._pool.holds(task) for task in tasks)
+        await dragon.session.wait_tasks(tasks, timeout=5)
+
+    dragon.run(body())
+    assert [t.state for t in tasks] == ["DONE"] * 6
+
+
+def test_functions_and_executables_in_one_session(dragon: Harness, tmp_path: pathlib.Path) -> None:
+    # Last but one: the first executable starts the Batch beside the pool.
+    tasks: list[ComputeTask] = []
+    for i in range(3):
+        tasks.append(ComputeTask(function=workloads.square, args=(i,)))
+        tasks.append(ComputeTask(executable="/bin/sh", arguments=["-c", f"echo {i}"]))
+        tasks.append(ComputeTask(function=workloads.async_add, args=(i, 10)))
+    dragon.submit_and_wait(tasks, timeout=180)
+    assert [t.state for t in tasks] == ["DONE"] * 9, [t.exception for t in tasks]
+    for i in range(3):
+        square, program, added = tasks[3 * i: 3 * i + 3]
+        assert (square.return_value, program.stdout.strip(), added.return_value) == (i * i, str(i), i + 10)
+    assert dragon.backend._batch is not None
+    more = [ComputeTask(function=workloads.square, args=(i,)) for i in range(500)]
+    dragon.submit_and_wait(more)
+    assert [t.return_value for t in more] == [i * i for i in range(500)]
+
+
+def test_close_stops_running_functions_and_removes_the_progress_files(dragon: Harness) -> None:
+    # Last in the module: it closes the module's session.
+    pool = dragon.backend._pool
+    running = [ComputeTask(function=_spinner(300)) for _ in range(WORKERS)]
+    queued = [ComputeTask(function=workloads.add, args=(i, 1)) for i in range(10)]
+
+    async def body() -> float:
+        await dragon.session.submit_tasks(running)
+        await dragon.session.submit_tasks(queued)
+        await asyncio.sleep(1)
+        started = time.monotonic()
+        await dragon.session.close()
+        return time.monotonic() - started
+
+    took = dragon.run(body(), timeout=120)
+    assert took < 60
+    assert {t.state for t in running} == {"CANCELED"}
+    assert all(t.state in ("CANCELED", "DONE") for t in queued)
+    assert not os.path.exists(pool._progress_dir)
