@@ -19,7 +19,8 @@ CORE = "./packages/rhapsody-core"
 
 def install_core(session: nox.Session) -> None:
     session.install("--upgrade", "pip")
-    session.install(f"{CORE}[test]")
+    # otel: the OpenTelemetry test of rhapsody.records, and mypy's view of its import.
+    session.install(f"{CORE}[test,otel]")
 
 
 @nox.session(name="tests-core")

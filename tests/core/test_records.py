@@ -337,3 +337,21 @@ def test_report_counts_slowest_and_every_failure(tmp_path: pathlib.Path) -> None
     assert all(f"failure number {i}</pre>" in page for i in range(12))
     assert page.count('<rect class="task ') == 22
     assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+# -- live progress --------------------------------------------------------------------------
+
+def test_live_progress_draws_the_bar_on_its_console() -> None:
+    import io
+
+    from rich.console import Console
+
+    from rhapsody.records import LiveProgress
+
+    screen = io.StringIO()
+    progress = LiveProgress(console=Console(file=screen, force_terminal=True, width=100))
+    tasks = [ComputeTask(square, args=(i,)) for i in range(7)]
+    tasks.append(ComputeTask(fails, args=("x",)))
+    run(run_tasks(tasks, [progress]))
+    assert (progress.submitted, progress.ended) == (8, 8)
+    assert "8/8" in screen.getvalue() and "tasks" in screen.getvalue()

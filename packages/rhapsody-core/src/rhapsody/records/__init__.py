@@ -4,7 +4,8 @@
 - :class:`EventLog`: a JSON Lines file, one line per state change;
 - :class:`HtmlReport`: one self-contained HTML page (counts, throughput, task stream, failures);
 - :class:`OtelSpans`: OpenTelemetry spans (the ``otel`` extra);
-- :class:`Journal`: DONE tasks with their results, so that a rerun skips them.
+- :class:`Journal`: DONE tasks with their results, so that a rerun skips them;
+- :class:`LiveProgress`: a live progress bar, in a terminal or a Jupyter notebook.
 
 Give them to a session, ``Session(records=[HtmlReport("run.html"), Journal("run.journal")])``:
 they then hear only that session's tasks, with timings stamped, and are opened and closed with
@@ -16,7 +17,8 @@ it. Each is an ordinary plugin, so a program may also register one for every ses
 from .events import EventLog
 from .journal import Journal
 from .otel import OtelSpans
+from .progress import LiveProgress
 from .report import HtmlReport
 from .timeline import Timeline
 
-__all__ = ["EventLog", "HtmlReport", "Journal", "OtelSpans", "Timeline"]
+__all__ = ["EventLog", "HtmlReport", "Journal", "LiveProgress", "OtelSpans", "Timeline"]
