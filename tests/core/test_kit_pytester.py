@@ -41,7 +41,7 @@ def test_noop_fails_what_it_does_not_do_and_skips_what_it_declares(pytester: pyt
     }
     assert seen["test_unknown_backend_name_is_rejected_at_submit"] == "PASSED"
     assert seen["test_another_event_loop_is_refused_at_once"] == "PASSED"
-    result.assert_outcomes(passed=2, failed=4, skipped=17)
+    result.assert_outcomes(passed=2, failed=4, skipped=19)
     for feature in ("executable", "async_function"):
         result.stdout.fnmatch_lines([f"SKIPPED * noop does not support {feature}: a dry run executes nothing"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
@@ -84,7 +84,7 @@ def test_a_class_without_backend_name_is_skipped(pytester: pytest.Pytester) -> N
             pass
     ''')
     result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider")
-    result.assert_outcomes(skipped=23)
+    result.assert_outcomes(skipped=25)
     result.stdout.fnmatch_lines(["*TestUnnamed names no backend_name*"])
 
 
@@ -94,12 +94,12 @@ def test_suite_against_concurrent_passes(pytester: pytest.Pytester) -> None:
                                            "--rhapsody-backend-option", "max_workers=2",
                                            "--rhapsody-backend-option", "max_subprocesses=4")
     # Threads cannot lose a worker without losing the test run: the two worker-loss tests skip.
-    result.assert_outcomes(passed=21, skipped=2)
+    result.assert_outcomes(passed=23, skipped=2)
 
 
 def test_suite_without_a_backend_skips_with_the_reason(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-rs", "-p", "no:cacheprovider", "--pyargs", "rhapsody.testing.suite")
-    result.assert_outcomes(skipped=23)
+    result.assert_outcomes(skipped=25)
     result.stdout.fnmatch_lines(["*no backend chosen: pass --rhapsody-backend=NAME*"])
 
 
@@ -162,8 +162,10 @@ def test_tests_of_a_task_kind_the_backend_lacks_are_skipped_with_that_reason(pyt
         "test_function_exception_reaches_future_with_its_type", "test_many_tasks_all_complete",
         "test_unknown_backend_option_is_rejected_by_name",  # with a function task, here
         "test_unknown_backend_name_is_rejected_at_submit", "test_another_event_loop_is_refused_at_once",
+        # with function tasks, which concurrent refuses any resources beyond one worker
+        "test_resources_each_key_is_honoured_or_refused", "test_resources_never_offered_fail_fast",
     }
-    result.assert_outcomes(passed=7, skipped=16)
+    result.assert_outcomes(passed=9, skipped=16)
     result.stdout.fnmatch_lines(["SKIPPED [[]14] * concurrent does not run executable tasks (its task_kinds: function)"])
 
 

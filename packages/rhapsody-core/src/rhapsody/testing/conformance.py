@@ -39,6 +39,7 @@ FEATURES = frozenset({
     "close_kills",     # closing the session kills what still runs
     "orphans",         # no process an executable started outlives the task
     "worker_loss",     # a task that ends its worker's process fails alone (WorkerLostError), is retried
+    "resources",       # each resources= key honoured or refused, never ignored; the impossible fails fast
 })
 """Feature names a backend may declare in ``unsupported`` (with the reason)."""
 
@@ -400,6 +401,68 @@ class BackendConformance:
 
         rhapsody_harness.run(body)
 
+    # -- portable resources ------------------------------------------------------------------
+
+    def _resource_task(self, key: str, value: Any) -> ComputeTask:
+        kinds = self.task_kinds_under_test() or frozenset({"executable"})
+        if "executable" in kinds and "executable" not in self.unsupported:
+            return self._shell_task("echo rank", resources={key: value})
+        return ComputeTask(function=workloads.square, args=(3,), resources={key: value})
+
+    async def _honoured(self, session: Session, task: ComputeTask, key: str) -> bool:
+        """True when the task ran; False when it was refused at submit, or failed, naming ``key``'s
+        resource. A task left waiting fails the test: no request may wait forever."""
+        try:
+            await session.submit_tasks([task])
+        except (ValueError, TypeError) as exc:
+            assert task.state == "NEW", "a refused task must not have been submitted"
+            _names_resource(exc, key)
+            return False
+        try:
+            await session.wait_tasks([task], timeout=self.task_timeout / 2)
+        except TimeoutError:
+            await session.cancel_task(task)
+            raise AssertionError(
+                f"resources={task.resources} was neither refused at submit nor run within "
+                f"{self.task_timeout / 2} s: a request the backend cannot honour must fail fast"
+            ) from None
+        if task.state == "FAILED":
+            _names_resource(task.exception, key)
+            return False
+        assert task.state == "DONE", (task.state, task.exception)
+        return True
+
+    def test_resources_each_key_is_honoured_or_refused(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("resources")
+
+        async def body(session: Session) -> None:
+            for key, value in (("ranks", 2), ("cores_per_rank", 2), ("gpus_per_rank", 1),
+                               ("memory_per_rank", 64)):
+                task = self._resource_task(key, value)
+                if not await self._honoured(session, task, key):
+                    continue
+                if task.kind == "function":
+                    assert task.return_value == 9
+                elif key == "ranks":  # honoured, not ignored: the program ran once per rank
+                    assert task.stdout.split() == ["rank", "rank"], (
+                        f"resources={{'ranks': 2}} ran the program as {task.stdout!r}: it must "
+                        "run once per rank, or be refused")
+
+        rhapsody_harness.run(body)
+
+    def test_resources_never_offered_fail_fast(self, rhapsody_harness: ConformanceHarness) -> None:
+        self.require("resources")
+
+        async def body(session: Session) -> None:
+            for key, value in (("ranks", 10**6), ("cores_per_rank", 10**6),
+                               ("gpus_per_rank", 10**6), ("memory_per_rank", 2**40)):
+                task = self._resource_task(key, value)
+                assert not await self._honoured(session, task, key), (
+                    f"resources={{{key!r}: {value}}} is beyond any machine, yet the task ran: "
+                    "the request was ignored")
+
+        rhapsody_harness.run(body)
+
     # -- bad input ---------------------------------------------------------------------------
 
     def test_unknown_backend_option_is_rejected_by_name(self, rhapsody_harness: ConformanceHarness) -> None:
@@ -545,6 +608,17 @@ class BackendConformance:
             loop.run_until_complete(asyncio.wait_for(body(session), self.task_timeout))
         finally:
             loop.close()
+
+
+# Words one of which a refusal of a resources= key must use (engines name resources their way).
+_RESOURCE_WORDS = {"ranks": ("rank", "mpi"), "cores_per_rank": ("core", "cpu"),
+                   "gpus_per_rank": ("gpu",), "memory_per_rank": ("mem",)}
+
+
+def _names_resource(error: BaseException | None, key: str) -> None:
+    text = f"{type(error).__name__}: {error}".lower()
+    assert any(word in text for word in _RESOURCE_WORDS[key]), (
+        f"a refusal of resources {key!r} must name the resource, got {text!r}")
 
 
 async def _read_pid(path: pathlib.Path, timeout: float) -> int:
