@@ -20,7 +20,7 @@ from ..task import ComputeTask
 Workload = Callable[[Session], Awaitable[Any]]
 
 _TASK_KEYS = frozenset({"executable", "arguments", "uid", "name", "timeout", "cwd", "env", "shell",
-                        "backend", "task_backend_specific_kwargs"})
+                        "backend", "task_backend_specific_kwargs", "resources"})
 
 
 
@@ -118,6 +118,7 @@ def _task_from_entry(path: pathlib.Path, index: int, entry: Any) -> ComputeTask:
             timeout=entry.get("timeout"),
             backend=entry.get("backend"),
             task_backend_specific_kwargs=options,
+            resources=entry.get("resources"),
         )
     except (TypeError, ValueError) as exc:
         raise WorkloadError(f"{where}: {exc}") from None
