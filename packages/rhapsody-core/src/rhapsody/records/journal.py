@@ -156,7 +156,7 @@ class Journal:
                 if state in (TaskState.FAILED, TaskState.CANCELED):
                     keys.pop(task["uid"], None)
                 continue
-            if task.get("restored"):
+            if dict.get(task, "restored"):
                 self.restored += 1
                 continue
             key = keys.pop(task["uid"], None) or task_key(task)
@@ -186,12 +186,13 @@ def _results(record: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _line(task: Task, key: str) -> bytes:
-    stamps = task.get("timings") or {}
+    get = dict.get  # fields at their default (None) are not stored: a C call per field
+    stamps = get(task, "timings") or {}
     record: dict[str, Any] = {"v": FORMAT_VERSION, "key": key, "uid": task["uid"],
-                              "name": task.get("name"), "time": stamps.get(TaskState.DONE)}
+                              "name": get(task, "name"), "time": stamps.get(TaskState.DONE)}
     for field in _TEXT_FIELDS:
-        record[field] = task.get(field)
-    values = {field: task.get(field) for field in _VALUE_FIELDS if task.get(field) is not None}
+        record[field] = get(task, field)
+    values = {field: get(task, field) for field in _VALUE_FIELDS if get(task, field) is not None}
     try:
         record["value"] = base64.b64encode(cloudpickle.dumps(values, protocol=5)).decode("ascii")
     except Exception as exc:

@@ -36,7 +36,9 @@ class RecordSet:
         self.recorders = list(recorders)
         manager = pluggy.PluginManager("rhapsody")
         manager.add_hookspecs(hookspecs)
-        manager.register(Timeline(), name="rhapsody.records.timeline")
+        if not any(isinstance(recorder, Timeline) for recorder in self.recorders):
+            # Given one (records=[Timeline()]: timings and nothing else), it is that one.
+            manager.register(Timeline(), name="rhapsody.records.timeline")
         for index, recorder in enumerate(self.recorders):
             if not any(callable(getattr(recorder, name, None)) and name.startswith("rhapsody_")
                        for name in dir(recorder)):
