@@ -219,6 +219,9 @@ async def test_concurrent_execution_backend_takes_the_executor_positionally_and_
         executor.submit(print)  # RHAPSODY's shutdown() shut the given executor down too
     with pytest.raises(TypeError, match="ThreadPoolExecutor or ProcessPoolExecutor"):
         cls("not an executor")
+    # After RHAPSODY's parameters, ours by keyword.
+    with pytest.raises(ValueError, match="max_subprocesses must be an integer >= 1"):
+        cls(None, "io", max_subprocesses=0)
 
 
 async def test_concurrent_execution_backend_create_returns_a_started_backend() -> None:

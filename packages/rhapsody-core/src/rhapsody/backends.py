@@ -7,9 +7,9 @@ saying what to write instead. A class whose engine distribution is not installed
 ``ImportError`` naming that distribution, as RHAPSODY did for a missing engine. Names with no
 counterpart raise ``ImportError`` saying why. ``docs/migrating.md`` lists them all.
 
-The classes these names give are subclasses of our backends: only their constructors differ,
-so an instance behaves as ``get_backend(...)``'s does (``close()``; ``shutdown()`` is its old
-name).
+The classes these names give are subclasses of our backends: only their constructors differ
+(RHAPSODY's parameters, positional as before, then any of ours by keyword), so an instance
+behaves as ``get_backend(...)``'s does (``close()``; ``shutdown()`` is its old name).
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ class _ConcurrentExecutionBackend(ConcurrentBackend):
         TypeError: ``executor`` is not a thread or process pool.
     """
 
-    def __init__(self, executor: Executor | None = None, name: str = "concurrent") -> None:
-        super().__init__(executor=executor, name=name)
+    def __init__(self, executor: Executor | None = None, name: str = "concurrent",
+                 **options: Any) -> None:
+        super().__init__(executor=executor, name=name, **options)
         # RHAPSODY's shutdown() shut down the executor it was given; ConcurrentBackend never does.
         self._owns_executor = True
 
@@ -103,17 +104,17 @@ def _dask_execution_backend() -> type[BaseBackend]:
         """
 
         def __init__(self, resources: Mapping[str, Any] | None = None, name: str = "dask",
-                     cluster: Any = None, client: Any = None) -> None:
-            options = dict(resources or {})
-            if options and (cluster is not None or client is not None):
+                     cluster: Any = None, client: Any = None, **options: Any) -> None:
+            cluster_options = dict(resources or {})
+            if cluster_options and (cluster is not None or client is not None):
                 raise ValueError(
                     "DaskExecutionBackend: resources= shapes the LocalCluster the backend starts; "
                     "with cluster= or client= configure that cluster itself"
                 )
-            shape = {key: options.pop(key) for key in _DASK_SHAPE if key in options}
+            shape = {key: cluster_options.pop(key) for key in _DASK_SHAPE if key in cluster_options}
             super().__init__(cluster=cluster, client=client, name=name,
-                             worker_resources=options.pop("resources", None),
-                             cluster_options=options or None, **shape)
+                             worker_resources=cluster_options.pop("resources", None),
+                             cluster_options=cluster_options or None, **shape, **options)
 
     return DaskExecutionBackend
 
@@ -127,9 +128,9 @@ def _dragon_execution_backend() -> type[BaseBackend]:
         """The ``dragon`` backend, made as RHAPSODY 0.2's ``DragonExecutionBackendV3`` was."""
 
         def __init__(self, num_nodes: int | None = None, pool_nodes: int | None = None,
-                     disable_telemetry: bool = False, name: str = "dragon") -> None:
+                     disable_telemetry: bool = False, name: str = "dragon", **options: Any) -> None:
             super().__init__(num_nodes=num_nodes, pool_nodes=pool_nodes,
-                             disable_telemetry=disable_telemetry, name=name)
+                             disable_telemetry=disable_telemetry, name=name, **options)
 
     return DragonExecutionBackend
 
@@ -148,7 +149,8 @@ def _radical_execution_backend() -> type[BaseBackend]:
         """The ``radical`` backend, made as RHAPSODY made it.
 
         Args:
-            resources: the pilot description (``resource``, ``cores``, ``runtime``, ...).
+            resources: the pilot description (``resource``, ``cores``, ``runtime``, ...);
+                ``exit_on_error`` is dropped (a failed pilot fails its tasks instead).
             raptor_config: refused: the backend starts Raptor itself (``raptor_workers=``,
                 ``raptor_cores_per_worker=`` of ``get_backend("radical", ...)``).
             name: the instance's name in a session (RHAPSODY's ``"radical_pilot"``).
@@ -159,7 +161,7 @@ def _radical_execution_backend() -> type[BaseBackend]:
 
         def __init__(self, resources: Mapping[str, Any] | None = None,
                      raptor_config: Mapping[str, Any] | None = None,
-                     name: str = "radical_pilot") -> None:
+                     name: str = "radical_pilot", **options: Any) -> None:
             if raptor_config:
                 raise ValueError(
                     "RadicalExecutionBackend: raptor_config= is not taken: the backend starts "
@@ -167,8 +169,11 @@ def _radical_execution_backend() -> type[BaseBackend]:
                     "get_backend('radical', raptor_workers=n, raptor_cores_per_worker=c)"
                 )
             description = dict(resources or {})
+            # RHAPSODY set it (True by default) to have RP interrupt the program when the pilot
+            # failed; RadicalBackend keeps it False and fails the pilot's tasks with its reason.
+            description.pop("exit_on_error", None)
             own = {key: description.pop(key) for key in _PILOT_PARAMETERS if key in description}
-            super().__init__(pilot_description=description or None, name=name, **own)
+            super().__init__(pilot_description=description or None, name=name, **own, **options)
 
     return RadicalExecutionBackend
 
