@@ -4,6 +4,7 @@ conformance kit as both function modes run it."""
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from rhapsody.testing import BackendConformance
@@ -22,6 +23,23 @@ def runtime_missing() -> str:
 
 # Batch gives one worker per physical core (half the logical CPUs), at least one.
 WORKERS = max(1, (os.cpu_count() or 2) // 2)
+
+
+def spinner(seconds: float) -> Any:
+    """A function task that runs ``seconds`` in a pure-Python loop.
+
+    Dragon's Batch stops a running function by raising in its thread, which takes effect between
+    Python bytecodes: a loop, not one long time.sleep(). The function is made inside this one so
+    that cloudpickle ships it by value (workers cannot import the test modules).
+    """
+    def spin() -> int:
+        deadline = time.monotonic() + seconds
+        turns = 0
+        while time.monotonic() < deadline:
+            turns += 1
+        return turns
+
+    return spin
 
 
 class DragonKit(BackendConformance):

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dragon_support import WORKERS, runtime_missing
+from dragon_support import WORKERS, runtime_missing, spinner
 
 import rhapsody
 from rhapsody.testing import workloads
@@ -173,22 +173,8 @@ def test_executable_timeout_is_a_timeout_error(dragon: Harness) -> None:
     assert task.state == "FAILED"
 
 
-def _spinner(seconds: float) -> Any:
-    # Dragon stops a running function by raising in its thread, which takes effect between
-    # Python bytecodes: a pure-Python loop, not one long time.sleep(). Defined in a function so
-    # that cloudpickle ships it by value.
-    def spin() -> int:
-        deadline = time.monotonic() + seconds
-        turns = 0
-        while time.monotonic() < deadline:
-            turns += 1
-        return turns
-
-    return spin
-
-
 def test_cancel_running_function(dragon: Harness) -> None:
-    task = rhapsody.ComputeTask(function=_spinner(60))
+    task = rhapsody.ComputeTask(function=spinner(60))
 
     async def body() -> bool:
         await dragon.session.submit_tasks([task])
@@ -207,7 +193,7 @@ def test_cancel_running_function(dragon: Harness) -> None:
 
 
 def test_function_timeout_reaches_the_future(dragon: Harness) -> None:
-    task = rhapsody.ComputeTask(function=_spinner(30), timeout=1)
+    task = rhapsody.ComputeTask(function=spinner(30), timeout=1)
     [future] = dragon.run(dragon.session.submit_tasks([task]))
     with pytest.raises(TimeoutError):
         dragon.run(future)
@@ -219,7 +205,7 @@ def test_close_with_work_running_stops_it_and_joins_the_batch(dragon: Harness, t
     # brought the whole runtime down, so close stops the work first and joins the Batch.
     pid_file = tmp_path / "child.pid"
     program = _shell(f"sleep 300 & echo $! > {pid_file}; wait")
-    function = rhapsody.ComputeTask(function=_spinner(300))
+    function = rhapsody.ComputeTask(function=spinner(300))
     batch = dragon.backend._batch
     terminated: list[Any] = []
     terminate = batch.terminate

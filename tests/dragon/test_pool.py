@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dragon_support import runtime_missing
+from dragon_support import runtime_missing, spinner
 
 import rhapsody
 from rhapsody import ComputeTask, WorkerLostError
@@ -191,21 +191,9 @@ def test_cancel_of_queued_work_never_runs_it(dragon: Harness, tmp_path: pathlib.
     assert _idle(pool)
 
 
-def _spinner(seconds: float) -> Any:
-    # Defined in a function so that cloudpickle ships it by value.
-    def spin() -> int:
-        deadline = time.monotonic() + seconds
-        turns = 0
-        while time.monotonic() < deadline:
-            turns += 1
-        return turns
-
-    return spin
-
-
 def test_cancel_of_a_running_function_stops_it(dragon: Harness) -> None:
     pool = dragon.backend._pool
-    task = ComputeTask(function=_spinner(120))
+    task = ComputeTask(function=spinner(120))
 
     async def body() -> bool:
         await dragon.session.submit_tasks([task])
@@ -267,7 +255,7 @@ def test_functions_and_executables_in_one_session(dragon: Harness, tmp_path: pat
 def test_close_stops_running_functions_and_removes_the_progress_files(dragon: Harness) -> None:
     # Last in the module: it closes the module's session.
     pool = dragon.backend._pool
-    running = [ComputeTask(function=_spinner(300)) for _ in range(WORKERS)]
+    running = [ComputeTask(function=spinner(300)) for _ in range(WORKERS)]
     queued = [ComputeTask(function=workloads.add, args=(i, 1)) for i in range(10)]
 
     async def body() -> float:
