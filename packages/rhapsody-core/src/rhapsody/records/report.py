@@ -35,13 +35,14 @@ from typing import NamedTuple
 from ..hookspecs import hookimpl
 from ..states import TERMINAL_STATES, TaskState
 from ..task import Task
-from .timeline import began, failure_text, submitted, task_label
+from .timeline import failure_text, submitted, task_label
 
 _SLOWEST = 10
 _MAX_LANES = 100
 _BINS = 60
 _FINAL = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELED)  # colours: the CSS below
 _WIDTH = 1000
+_NO_TIMES: dict[str, float] = {}
 _LANE = 14
 
 
@@ -117,32 +118,38 @@ class HtmlReport:
             self._record(task, state, now)
 
     def _record(self, task: Task, state: str, now: float) -> None:
+        # Per ended task: dict.get (fields at their default are not stored) and no string
+        # built unless the task is kept (slowest, failed, or drawn).
+        get = dict.get
         self.counts[state] += 1
-        if task.get("restored"):
+        if get(task, "restored"):
             self.restored += 1
-        stamps = task.get("timings") or {}
+        stamps = get(task, "timings") or _NO_TIMES
         end = stamps.get(state, now)
-        start = submitted(task) or end
+        start = stamps.get(TaskState.SUBMITTED, end)
         self._ends.append(end)
-        label = task_label(task)
-        entry = (end - start, label)
-        if len(self._slowest) < _SLOWEST:
-            heapq.heappush(self._slowest, entry)
-        else:
-            heapq.heappushpop(self._slowest, entry)
+        slowest = self._slowest
+        if len(slowest) < _SLOWEST:
+            heapq.heappush(slowest, (end - start, task_label(task)))
+        elif end - start > slowest[0][0]:
+            heapq.heapreplace(slowest, (end - start, task_label(task)))
         if state != TaskState.DONE:
-            self._failures.append(_Failure(label, state, task.get("exit_code"), failure_text(task)))
-        worker = task.get("worker")
-        bar = _Bar(start, began(task) or start, end, state, str(task["backend"]),
-                   None if worker is None else str(worker), label)
+            self._failures.append(
+                _Failure(task_label(task), state, get(task, "exit_code"), failure_text(task)))
         # Reservoir sampling: every task has the same chance to be drawn.
         self._seen += 1
-        if len(self._bars) < self.max_bars:
+        slot = len(self._bars)
+        if slot >= self.max_bars:
+            slot = self._random.randrange(self._seen)
+            if slot >= self.max_bars:
+                return
+        worker = get(task, "worker")
+        bar = _Bar(start, stamps.get(TaskState.RUNNING, start), end, state, str(task["backend"]),
+                   None if worker is None else str(worker), task_label(task))
+        if slot == len(self._bars):
             self._bars.append(bar)
         else:
-            slot = self._random.randrange(self._seen)
-            if slot < self.max_bars:
-                self._bars[slot] = bar
+            self._bars[slot] = bar
 
     # -- the page ----------------------------------------------------------------------------
 
@@ -169,7 +176,7 @@ class HtmlReport:
                  "<h2>Throughput</h2>", self._throughput(start, stop),
                  "<h2>Task stream</h2>", self._stream(start, stop),
                  "<h2>Slowest tasks</h2>", self._slowest_table(),
-                 f"<h2>Failures ({len(self._failures)})</h2>", self._failures_list(),
+                 f"<h2>Failed and cancelled tasks ({len(self._failures)})</h2>", self._failures_list(),
                  "</body></html>\n"]
         return "\n".join(parts)
 

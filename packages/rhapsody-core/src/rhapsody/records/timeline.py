@@ -41,27 +41,10 @@ class Timeline:
                 stamps[task["state"]] = now
 
 
-def began(task: Task) -> float | None:
-    """When the task started running: its ``RUNNING`` time where known, else ``SUBMITTED``."""
-    stamps: dict[str, float] | None = task.get("timings")
-    if not stamps:
-        return None
-    return stamps.get(TaskState.RUNNING, stamps.get(TaskState.SUBMITTED))
-
-
 def submitted(task: Task) -> float | None:
     """When the session handed the task to its backend (``None`` if not stamped)."""
     stamps: dict[str, float] | None = task.get("timings")
     return stamps.get(TaskState.SUBMITTED) if stamps else None
-
-
-def ended(task: Task) -> float | None:
-    """When the task reached its final state (``None`` if it has not, or was not stamped)."""
-    stamps: dict[str, float] | None = task.get("timings")
-    if not stamps:
-        return None
-    state = task["state"]
-    return stamps.get(state) if state in (TaskState.DONE, TaskState.FAILED, TaskState.CANCELED) else None
 
 
 def failure_text(task: Task, limit: int = 2000) -> str:
