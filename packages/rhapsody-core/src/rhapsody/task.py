@@ -595,19 +595,19 @@ class ComputeTask(Task):
     # that no task stores them: only unset fields come here.
     def __missing__(self, key: str) -> Any:
         value = self._defaults.get(key, _MISSING)
+        if value is None and key in _STDIO and "function" in self:
+            return ""
         if value is _MISSING:
             raise KeyError(key)
-        if key in _STDIO and dict.__contains__(self, "function"):
-            return ""
         return value
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
         """``task[key]`` for a field of the task kind; ``default`` for any other missing key."""
         value = dict.get(self, key, _MISSING)
         if value is _MISSING:
-            if key in _STDIO and dict.__contains__(self, "function"):
+            value = self._defaults.get(key, default)
+            if value is None and key in _STDIO and "function" in self:
                 return ""
-            return self._defaults.get(key, default)
         return value
 
     @property
