@@ -172,6 +172,11 @@ class Node:
 
         Cancelling the wait gives back whatever had been granted.
         """
+        if not self._waiting:  # nobody's turn comes first: no future, no dispatch
+            grant = self._free.fit(demand)
+            if grant is not None:
+                self._free.take(grant)
+                return grant
         future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
         self._waiting[future] = demand
         self._dispatch()
