@@ -195,6 +195,15 @@ def test_the_validation_error_name_catches_what_a_bad_task_raises() -> None:
         ComputeTask(function=print, resources={"gpus_per_rank": -1})
 
 
+async def test_the_resource_error_name_catches_a_request_the_backend_refuses() -> None:
+    resource_error, _ = lookup(rhapsody.api, "ResourceError")
+    async with Session(backends=[rhapsody.get_backend("concurrent", gpus=1)]) as session:
+        greedy = ComputeTask(executable="/bin/true", resources={"gpus_per_rank": 2})
+        with pytest.raises(resource_error, match="asks for 2 GPUs"):
+            await session.submit_tasks([greedy])
+        assert greedy.state == "NEW"  # refused at submit, before anything ran
+
+
 def test_removed_task_parameters_still_say_to_use_resources() -> None:
     for old in ("gpu", "ranks"):
         with pytest.raises(TypeError, match=r"no longer takes .*resources="):
