@@ -70,9 +70,7 @@ def test_resources_shape_the_local_cluster_and_its_worker_resources() -> None:
         backend = cls({"n_workers": 1, "threads_per_worker": 1, "resources": {"CPU": 1, "GPU": 1},
                        "processes": False})
         async with Session(backends=[backend]) as session:
-            client = backend._client
-            workers = (await client.scheduler_info() if asyncio.iscoroutinefunction(
-                client.scheduler_info) else client.scheduler_info())["workers"]
+            workers = backend.client.scheduler_info()["workers"]
             assert [w["resources"] for w in workers.values()] == [{"CPU": 1, "GPU": 1}]
             old_style = ComputeTask(function=worker_name,
                                     task_backend_specific_kwargs={"resources": {"GPU": 1}})
