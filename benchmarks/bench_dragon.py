@@ -1,144 +1,207 @@
-"""rhapsody-dragon against raw Dragon Batch, and against rhapsody's ``concurrent`` backend.
+"""rhapsody-dragon's worker pool against the raw Dragon pool, a process pool and raw Batch.
 
-Run under the Dragon launcher (one runtime for every round)::
+Run under the Dragon launcher (one runtime for every part)::
 
-    dragon benchmarks/bench_dragon.py --tasks 500 --rounds 2 [--profile]
+    dragon benchmarks/bench_dragon.py [--tasks 10000] [--rounds 3] [--batch-tasks 200]
 
-The same no-op workload goes, in one runtime and alternating rounds, through
+The same no-op function goes, in one runtime, through
 
-- raw Batch: ``batch.function(noop, i)`` for every task, then ``task.get()`` for each;
-- rhapsody-dragon: ``session.submit_tasks(tasks)`` then ``session.wait_tasks(tasks)``,
+- rhapsody-dragon (``function_mode="pool"``, the default): ``session.submit_tasks(tasks)`` then
+  ``session.wait_tasks(tasks)``;
+- raw Dragon pool: ``dragon.native.Pool(cores).map_async(noop, range(n), chunksize=256)`` (the
+  same Dragon parts, ProcessGroup and Queues, and the same largest chunk as rhapsody-dragon's);
+- ``ProcessPoolExecutor(cores)`` driven by rhapsody's ``concurrent`` backend (in a child Python
+  of this script, started without Dragon's multiprocessing patches, which break
+  ``ProcessPoolExecutor`` inside a Dragon process; the Dragon runtime is still up meanwhile);
+- raw ``dragon.workflows.batch.Batch``: ``batch.function(noop, i)`` then ``.get()`` for each, on
+  ``--batch-tasks`` tasks only (about 3 tasks/s on 2 cores: 10K would take an hour; said so in
+  the output).
 
-each on a fresh Batch with the same options (its start-up is not timed), and prints the wall-time
-ratio rhapsody/raw (target <= 1.10; the best round of each is compared). Then the same tasks go
-through the ``concurrent`` backend (a thread pool in this process) for tasks/s on this machine.
-``--profile`` runs one extra rhapsody-dragon round with cProfile on the submitting thread and on
-the monitor thread and prints where their time goes.
+Each prints tasks/s (best of ``--rounds``; start-up not timed) and one-task round-trip latency
+(submit -> result, one task at a time on an idle pool), p50 and p95. Then the ratios the issue
+sets targets for: rhapsody-dragon tasks/s >= 0.5x the process pool's, p50 <= 10 ms, and our
+overhead (wall time) <= 1.10x the raw Dragon pool's.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
-import io
+import json
 import os
-import pstats
 import statistics
+import subprocess
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 
 import rhapsody
+
+CHUNK = 256  # rhapsody-dragon's default chunk_size, given to map_async too
 
 
 def noop(i: int) -> int:
     return i
 
 
-def _batch_options(args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {"disable_telem": args.disable_telemetry}
-    if args.workers_per_node is not None:
-        options["workers_per_node"] = args.workers_per_node
-    return options
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    """p50 and p95 of ``samples`` (seconds), in milliseconds."""
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return 1e3 * statistics.median(ordered), 1e3 * p95
 
 
-def raw_batch_round(args: argparse.Namespace) -> float:
+class Figures:
+    def __init__(self, name: str, tasks: int, walls: list[float], latencies: list[float], note: str = "") -> None:
+        self.name, self.tasks, self.walls, self.latencies, self.note = name, tasks, walls, latencies, note
+
+    @property
+    def best(self) -> float:
+        return min(self.walls)
+
+    @property
+    def rate(self) -> float:
+        return self.tasks / self.best
+
+    def line(self) -> str:
+        p50, p95 = percentiles(self.latencies)
+        return (f"{self.name:<34} {self.tasks:>6} tasks  best {self.best:7.3f} s  {self.rate:9.0f} tasks/s  "
+                f"latency p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  ({len(self.latencies)} samples){self.note}")
+
+
+# -- rhapsody sessions -----------------------------------------------------------------------
+
+async def session_figures(name: str, backend: rhapsody.BaseBackend, args: argparse.Namespace) -> Figures:
+    async with rhapsody.Session(backends=[backend]) as session:
+        latencies = []
+        for i in range(args.latency_samples):
+            task = rhapsody.ComputeTask(function=noop, args=(i,))
+            started = time.perf_counter()
+            await session.submit_tasks([task])
+            await task
+            latencies.append(time.perf_counter() - started)
+        walls = []
+        for _ in range(args.rounds):
+            tasks = [rhapsody.ComputeTask(function=noop, args=(i,)) for i in range(args.tasks)]
+            started = time.perf_counter()
+            await session.submit_tasks(tasks)
+            await session.wait_tasks(tasks)
+            walls.append(time.perf_counter() - started)
+            assert [t.return_value for t in tasks] == list(range(args.tasks)), [t.exception for t in tasks][:3]
+    return Figures(name, args.tasks, walls, latencies)
+
+
+# -- raw Dragon ------------------------------------------------------------------------------
+
+def raw_pool_figures(args: argparse.Namespace, cores: int) -> Figures:
+    from dragon.native.pool import Pool
+
+    pool = Pool(processes=cores)
+    try:
+        pool.apply_async(noop, (0,)).get(timeout=120)  # the workers are up
+        latencies = []
+        for i in range(args.latency_samples):
+            started = time.perf_counter()
+            pool.apply_async(noop, (i,)).get(timeout=60)
+            latencies.append(time.perf_counter() - started)
+        walls = []
+        for _ in range(args.rounds):
+            started = time.perf_counter()
+            results = pool.map_async(noop, range(args.tasks), chunksize=CHUNK).get(timeout=600)
+            walls.append(time.perf_counter() - started)
+            assert results == list(range(args.tasks))
+    finally:
+        pool.close()
+        pool.join()
+    return Figures(f"raw dragon.native.Pool({cores}).map_async", args.tasks, walls, latencies)
+
+
+def raw_batch_figures(args: argparse.Namespace) -> Figures:
     from dragon.workflows.batch import Batch
 
-    batch = Batch(**_batch_options(args))
+    batch = Batch(disable_telem=True)
     try:
+        batch.function(noop, 0).get()  # the Batch is up
+        latencies = []
+        for i in range(args.batch_latency_samples):
+            started = time.perf_counter()
+            batch.function(noop, i).get()
+            latencies.append(time.perf_counter() - started)
         started = time.perf_counter()
-        handles = [batch.function(noop, i) for i in range(args.tasks)]
+        handles = [batch.function(noop, i) for i in range(args.batch_tasks)]
         results = [handle.get() for handle in handles]
         wall = time.perf_counter() - started
-        assert results == list(range(args.tasks))
+        assert results == list(range(args.batch_tasks))
     finally:
         batch.join(timeout=120)
-    return wall
+    note = (f"  [scaled down from {args.tasks}: raw Batch runs a few tasks/s here]"
+            if args.batch_tasks < args.tasks else "")
+    return Figures("raw dragon Batch.function", args.batch_tasks, [wall], latencies, note)
 
 
-async def _rhapsody_round(args: argparse.Namespace, profile: bool) -> tuple[float, str]:
-    backend_options: dict[str, Any] = {"disable_telemetry": args.disable_telemetry}
-    if args.workers_per_node is not None:
-        backend_options["workers_per_node"] = args.workers_per_node
-    backend = await rhapsody.get_backend("dragon", **backend_options)
-    report = ""
-    async with rhapsody.Session(backends=[backend]) as session:
-        tasks = [rhapsody.ComputeTask(function=noop, args=(i,)) for i in range(args.tasks)]
-        # Python 3.12 allows one active cProfile per process: only the monitor thread is profiled,
-        # the submitting side is timed.
-        monitor_profile = cProfile.Profile()
-        if profile:
-            monitor = backend._monitor
-            backend._monitor = lambda: monitor_profile.runcall(monitor)
-        started = time.perf_counter()
-        await session.submit_tasks(tasks)
-        submitted = time.perf_counter() - started
-        await session.wait_tasks(tasks)
-        wall = time.perf_counter() - started
-        assert [t.return_value for t in tasks] == list(range(args.tasks)), [t.exception for t in tasks][:3]
-    if profile:
-        # The monitor thread ends with close(); its profile is complete now.
-        report = (f"\nsubmit_tasks: {submitted:.3f} s for {args.tasks} tasks "
-                  f"({1e6 * submitted / args.tasks:.0f} us/task, Batch's own batch.function() included)"
-                  f"\nwall {wall:.3f} s\n" + _top("monitor thread", monitor_profile))
-    return wall, report
+def process_pool_figures(args: argparse.Namespace, cores: int) -> Figures:
+    env = {key: value for key, value in os.environ.items() if key != "DRAGON_PATCH_MP"}
+    env["RHAPSODY_LOAD_PLUGINS"] = ""  # the concurrent backend only: Dragon is not imported
+    command = [sys.executable, __file__, "--process-pool-child", "--tasks", str(args.tasks),
+               "--rounds", str(args.rounds), "--latency-samples", str(args.latency_samples),
+               "--workers", str(cores)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the process pool child failed ({done.returncode}):\n{done.stderr}")
+    walls, latencies = json.loads(done.stdout.strip().splitlines()[-1])
+    return Figures(f"concurrent + ProcessPoolExecutor({cores})", args.tasks, walls, latencies)
 
 
-def _top(title: str, profile: cProfile.Profile, count: int = 14) -> str:
-    out = io.StringIO()
-    stats = pstats.Stats(profile, stream=out)
-    stats.sort_stats("tottime").print_stats(count)
-    return f"\n=== {title}: top {count} by own time ===\n" + out.getvalue()
+def process_pool_child(args: argparse.Namespace) -> int:
+    backend = rhapsody.get_backend("concurrent", executor=ProcessPoolExecutor(args.workers))
+    figures = asyncio.run(session_figures("process pool", backend, args))
+    print(json.dumps([figures.walls, figures.latencies]))
+    return 0
 
 
-async def _concurrent_round(args: argparse.Namespace) -> float:
-    async with rhapsody.Session(backends=["concurrent"]) as session:
-        tasks = [rhapsody.ComputeTask(function=noop, args=(i,)) for i in range(args.tasks)]
-        started = time.perf_counter()
-        await session.submit_tasks(tasks)
-        await session.wait_tasks(tasks)
-        wall = time.perf_counter() - started
-        assert [t.return_value for t in tasks] == list(range(args.tasks))
-    return wall
+def timed(label: str, run: Callable[[], Figures]) -> Figures:
+    print(f"... {label}", flush=True)
+    figures = run()
+    print(figures.line(), flush=True)
+    return figures
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--workers-per-node", type=int, default=None)
-    parser.add_argument("--disable-telemetry", action="store_true")
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-samples", type=int, default=200)
+    parser.add_argument("--batch-tasks", type=int, default=200,
+                        help="tasks for raw Batch (default 200: it runs a few tasks/s on 2 cores)")
+    parser.add_argument("--batch-latency-samples", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="pool workers on each side (default: the CPUs, as ProcessPoolExecutor)")
+    parser.add_argument("--process-pool-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.process_pool_child:
+        return process_pool_child(args)
+    cores = args.workers
 
-    raw, ours = [], []
-    for round_number in range(args.rounds):
-        # Alternate the order so neither side always runs on a warmer runtime.
-        order = ("raw", "rhapsody") if round_number % 2 == 0 else ("rhapsody", "raw")
-        for which in order:
-            if which == "raw":
-                raw.append(raw_batch_round(args))
-            else:
-                ours.append(asyncio.run(_rhapsody_round(args, profile=False))[0])
-            print(f"round {round_number} {which:8s}: {args.tasks} tasks in "
-                  f"{(raw if which == 'raw' else ours)[-1]:.3f} s", flush=True)
-    concurrent = asyncio.run(_concurrent_round(args))
+    ours = timed("rhapsody-dragon (worker pool)", lambda: asyncio.run(session_figures(
+        "rhapsody-dragon pool", rhapsody.get_backend("dragon", workers_per_node=cores, disable_telemetry=True),
+        args)))
+    raw_pool = timed("raw Dragon pool", lambda: raw_pool_figures(args, cores))
+    process_pool = timed("concurrent + ProcessPoolExecutor", lambda: process_pool_figures(args, cores))
+    raw_batch = timed("raw Batch", lambda: raw_batch_figures(args))
 
-    best_raw, best_ours = min(raw), min(ours)
-    print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {args.tasks} no-op tasks, "
-          f"{args.rounds} round(s) each")
-    print(f"raw Batch        : best {best_raw:.3f} s  median {statistics.median(raw):.3f} s  "
-          f"-> {args.tasks / best_raw:.1f} tasks/s")
-    print(f"rhapsody-dragon  : best {best_ours:.3f} s  median {statistics.median(ours):.3f} s  "
-          f"-> {args.tasks / best_ours:.1f} tasks/s")
-    print(f"wall ratio rhapsody-dragon / raw Batch = {best_ours / best_raw:.3f} (target <= 1.10; "
-          f"median ratio {statistics.median(ours) / statistics.median(raw):.3f})")
-    print(f"concurrent       : {concurrent:.3f} s -> {args.tasks / concurrent:.1f} tasks/s; "
-          f"rhapsody-dragon is {concurrent and best_ours / concurrent:.1f}x its wall time")
-    if args.profile:
-        print(asyncio.run(_rhapsody_round(args, profile=True))[1])
+    p50, _ = percentiles(ours.latencies)
+    print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {cores} workers per pool, "
+          f"{args.tasks} no-op tasks, best of {args.rounds} round(s)")
+    for label, value, target, ok in (
+        ("rhapsody-dragon tasks/s / process pool tasks/s", ours.rate / process_pool.rate, ">= 0.5",
+         ours.rate / process_pool.rate >= 0.5),
+        ("rhapsody-dragon one-task latency p50 (ms)", p50, "<= 10", p50 <= 10),
+        ("rhapsody-dragon wall / raw Dragon pool wall", ours.best / raw_pool.best, "<= 1.10",
+         ours.best / raw_pool.best <= 1.10),
+        ("rhapsody-dragon tasks/s / raw Batch tasks/s", ours.rate / raw_batch.rate, "(for reading)", True),
+    ):
+        print(f"{label:<50} {value:9.2f}  target {target:<14} {'ok' if ok else 'OVER TARGET'}")
     return 0
 
 

@@ -56,10 +56,9 @@ def _chunks_sent(pool: Any) -> tuple[list[int], Any]:
     """Record the size of every chunk the pool sends (wraps its _send)."""
     sizes: list[int] = []
     send = pool._send
-    import cloudpickle
 
-    def recording(outgoing: list[bytes]) -> None:
-        sizes.extend(len(cloudpickle.loads(payload)[1]) for payload in outgoing)
+    def recording(outgoing: list[tuple[int, list[Any]]]) -> None:
+        sizes.extend(len(entries) for _, entries in outgoing)
         send(outgoing)
 
     pool._send = recording
@@ -67,7 +66,7 @@ def _chunks_sent(pool: Any) -> tuple[list[int], Any]:
 
 
 def _idle(pool: Any) -> bool:
-    return not (pool._tasks or pool._backlog or pool._chunks or pool._chunk_of or pool._payloads)
+    return not (pool._tasks or pool._backlog or pool._chunks or pool._chunk_of or pool._solo)
 
 
 def test_pool_starts_with_the_backend_and_the_batch_waits_for_an_executable(dragon: Harness) -> None:
@@ -129,6 +128,32 @@ def test_unpicklable_call_fails_alone_with_why(dragon: Harness) -> None:
     assert bad.state == "FAILED" and isinstance(bad.exception, TypeError)
     assert "cannot be pickled" in str(bad.exception)
     assert good.return_value == 2
+
+
+def test_a_task_workers_cannot_unpickle_fails_alone(dragon: Harness, tmp_path: pathlib.Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A module only this process can import: cloudpickle ships its function by reference, and
+    # the workers (whose sys.path lacks tmp_path) cannot load it.
+    (tmp_path / "rhapsody_only_here.py").write_text("def twice(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import rhapsody_only_here  # type: ignore[import-not-found]
+
+    pool = dragon.backend._pool
+    sizes, send = _chunks_sent(pool)
+    try:
+        # Enough tasks for chunks of several: the bad one shares its chunk with good ones.
+        tasks = [ComputeTask(function=workloads.square, args=(i,)) for i in range(40)]
+        bad = ComputeTask(function=rhapsody_only_here.twice, args=(1,))
+        tasks.insert(5, bad)
+        dragon.submit_and_wait(tasks)
+    finally:
+        pool._send = send
+    assert max(sizes) > 1
+    assert bad.state == "FAILED" and "could not unpickle" in str(bad.exception), bad.exception
+    assert "rhapsody_only_here" in str(bad.exception)
+    good = [t for t in tasks if t is not bad]
+    assert [t.return_value for t in good] == [i * i for i in range(40)]
+    assert _idle(pool)
 
 
 def test_a_dead_worker_fails_only_its_task_is_replaced_and_the_pool_goes_on(dragon: Harness) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -42,6 +43,9 @@ _CANCELED = "CANCELED"
 _SWEEP_TIMEOUT_S = 0.05  # how long the monitor blocks on the results queue before looking again
 CHUNKS_PER_WORKER = 2
 _HOST = socket.gethostname()
+
+
+_Outgoing = tuple[int, list[tuple[Any, ...]]]  # a chunk's id and its entries, not yet pickled
 
 
 @dataclass
@@ -86,13 +90,13 @@ class FunctionPool:
         # comes, is dropped).
         self._tasks: dict[int, Task] = {}
         self._tid_of: dict[str, int] = {}
-        self._timeouts: dict[int, float | None] = {}
-        self._payloads: dict[int, bytes] = {}
+        self._solo: set[int] = set()  # tids a worker could not unpickle in a chunk: sent alone
         self._backlog: deque[int] = deque()
         self._chunks: dict[int, _Chunk] = {}
         self._chunk_of: dict[int, int] = {}  # tid -> chunk id, while dispatched
         self._killed: set[int] = set()  # slots whose worker cancel killed (their loss is no failure)
         self._lock = threading.Lock()
+        self._put_lock = threading.Lock()
         self._monitor: threading.Thread | None = None
         self._stopping = threading.Event()
         self.broken: BaseException | None = None
@@ -133,7 +137,7 @@ class FunctionPool:
                 raise TimeoutError(f"dragon: {self.workers - len(self._slots)} of {self.workers} pool workers "
                                    f"did not start within {self._start_timeout} s")
             try:
-                message = cloudpickle.loads(self._results_queue.get(timeout=min(left, 1.0)))
+                message = pickle.loads(self._results_queue.get(timeout=min(left, 1.0)))
             except queue.Empty:
                 continue
             if message[0] == "hello":
@@ -185,32 +189,18 @@ class FunctionPool:
     # -- submit, cancel, fence ---------------------------------------------------------------
 
     def submit(self, tasks: Sequence[Task]) -> None:
-        """Queue function tasks; a task whose call cannot be pickled fails at once with why."""
-        refused: list[tuple[Task, str]] = []
-        ready: list[tuple[int, Task, float | None, bytes]] = []
-        dumps = cloudpickle.dumps
-        for task in tasks:
-            try:
-                payload = dumps((task["function"], task["args"], task["kwargs"]))
-            except Exception as exc:  # noqa: BLE001 - the task fails with what pickling raised
-                task["exception"] = TypeError(f"dragon: task {task['uid']}: its function or arguments "
-                                              f"cannot be pickled for a worker process: {exc!r}")
-                refused.append((task, _FAILED))
-                continue
-            ready.append((next(self._tids), task, task["timeout"], payload))
+        """Queue function tasks (sent at once when workers are free)."""
         with self._lock:
             if self.broken is not None:
                 raise RuntimeError(f"dragon: the worker pool failed earlier: {self.broken!r}") from self.broken
-            for tid, task, timeout, payload in ready:
-                self._tasks[tid] = task
-                self._tid_of[task["uid"]] = tid
-                self._timeouts[tid] = timeout
-                self._payloads[tid] = payload
-                self._backlog.append(tid)
+            held, tid_of, backlog = self._tasks, self._tid_of, self._backlog
+            for task in tasks:
+                tid = next(self._tids)
+                held[tid] = task
+                tid_of[task["uid"]] = tid
+                backlog.append(tid)
             outgoing = self._take_chunks()
         self._send(outgoing)
-        if refused:
-            self._report(refused)
 
     def holds(self, task: Task) -> bool:
         """Whether ``task`` is in this pool (queued or running)."""
@@ -254,8 +244,7 @@ class FunctionPool:
         """Forget every task held; returns them."""
         with self._lock:
             left = list(self._tasks.values())
-            for table in (self._tasks, self._tid_of, self._timeouts, self._payloads, self._chunk_of,
-                          self._chunks):
+            for table in (self._tasks, self._tid_of, self._solo, self._chunk_of, self._chunks):
                 table.clear()
             self._backlog.clear()
         return left
@@ -266,33 +255,38 @@ class FunctionPool:
         task = self._tasks.pop(tid, None)
         if task is not None:
             self._tid_of.pop(task["uid"], None)
-        self._timeouts.pop(tid, None)
-        self._payloads.pop(tid, None)
+        self._solo.discard(tid)
         self._chunk_of.pop(tid, None)
         return task
 
-    def _take_chunks(self) -> list[bytes]:
+    def _take_chunks(self) -> list[_Outgoing]:
         """Cut chunks from the backlog while fewer than CHUNKS_PER_WORKER per worker are out."""
-        outgoing: list[bytes] = []
-        backlog, tasks = self._backlog, self._tasks
+        outgoing: list[_Outgoing] = []
+        backlog, tasks, solo, chunk_of = self._backlog, self._tasks, self._solo, self._chunk_of
         limit = CHUNKS_PER_WORKER * self.workers
         while backlog and len(self._chunks) < limit:
             size = min(self._chunk_size, max(1, math.ceil(len(backlog) / limit)))
             tids: list[int] = []
             while backlog and len(tids) < size:
-                tid = backlog.popleft()
-                if tid in tasks:  # a cancelled task is skipped
-                    tids.append(tid)
+                tid = backlog[0]
+                if tid not in tasks:  # cancelled while queued
+                    backlog.popleft()
+                    continue
+                if tid in solo and tids:
+                    break  # it goes in a chunk of its own, next
+                tids.append(backlog.popleft())
+                if tid in solo:
+                    break
             if not tids:
                 break
             chunk_id = next(self._chunk_ids)
             self._chunks[chunk_id] = _Chunk(tids, set(tids))
-            chunk_of = self._chunk_of
+            entries = []
             for tid in tids:
                 chunk_of[tid] = chunk_id
-            timeouts, payloads = self._timeouts, self._payloads
-            outgoing.append(cloudpickle.dumps(
-                (chunk_id, [(tid, timeouts[tid], payloads[tid]) for tid in tids])))
+                task = tasks[tid]
+                entries.append((tid, task["timeout"], task["function"], task["args"], task["kwargs"]))
+            outgoing.append((chunk_id, entries))
         return outgoing
 
     def _kill_running(self, tid: int, chunk_id: int) -> bool:
@@ -314,14 +308,51 @@ class FunctionPool:
 
     # -- the monitor -------------------------------------------------------------------------
 
-    def _send(self, outgoing: list[bytes]) -> None:
+    def _send(self, outgoing: list[_Outgoing]) -> None:
+        """Pickle and put chunks (outside the lock); a chunk that cannot be pickled is split."""
         put = self._tasks_queue.put
-        for payload in outgoing:
-            put(payload)
+        while outgoing:
+            unpicklable: list[_Outgoing] = []
+            for chunk_id, entries in outgoing:
+                try:
+                    payload = cloudpickle.dumps(entries, pickle.HIGHEST_PROTOCOL)
+                except Exception:  # noqa: BLE001 - one of its tasks cannot be pickled: find which
+                    unpicklable.append((chunk_id, entries))
+                    continue
+                with self._put_lock:  # the loop thread and the monitor both send
+                    put(chunk_id.to_bytes(8, "little") + payload)
+            outgoing = self._refuse_unpicklable(unpicklable) if unpicklable else []
+
+    def _refuse_unpicklable(self, chunks: list[_Outgoing]) -> list[_Outgoing]:
+        """Fail the tasks of ``chunks`` that cannot be pickled; the others go back to the backlog."""
+        refused: list[tuple[Task, str]] = []
+        with self._lock:
+            again: list[int] = []
+            for chunk_id, entries in chunks:
+                self._chunks.pop(chunk_id, None)
+                for entry in entries:
+                    tid = entry[0]
+                    self._chunk_of.pop(tid, None)
+                    try:
+                        cloudpickle.dumps(entry)
+                    except Exception as exc:  # noqa: BLE001 - the task fails with what pickling raised
+                        task = self._forget(tid)
+                        if task is not None:
+                            task["exception"] = TypeError(
+                                f"dragon: task {task['uid']}: its function or arguments cannot be pickled "
+                                f"for a worker process: {exc!r}")
+                            refused.append((task, _FAILED))
+                        continue
+                    again.append(tid)
+            self._backlog.extendleft(reversed(again))
+            outgoing = self._take_chunks()
+        if refused:
+            self._report(refused)
+        return outgoing
 
     def _watch(self) -> None:
         get = self._results_queue.get
-        loads = cloudpickle.loads
+        loads = pickle.loads
         stopping = self._stopping
         messages: list[Any] = []
         try:
@@ -342,6 +373,8 @@ class FunctionPool:
                         elif message[0] == "hello":
                             _, slot_id, host, pid, lost = message
                             self._worker_started(slot_id, host, pid, lost, updates)
+                        elif message[0] == "unloadable":
+                            self._unloadable(message[1], message[2], updates)
                     outgoing = self._take_chunks()
                 messages.clear()
                 self._send(outgoing)
@@ -357,6 +390,7 @@ class FunctionPool:
 
     def _take_results(self, chunk_id: int, results: list[tuple[int, bool, bytes]], final: bool,
                       updates: list[tuple[Task, str]]) -> None:
+        loads = pickle.loads
         chunk = self._chunks.get(chunk_id)
         for tid, ok, value in results:
             if chunk is not None:
@@ -365,7 +399,7 @@ class FunctionPool:
             if task is None:
                 continue  # cancelled meanwhile
             try:
-                result = cloudpickle.loads(value)
+                result = loads(value)
             except Exception as exc:  # noqa: BLE001 - e.g. the result's class is not importable here
                 task["exception"] = RuntimeError(f"dragon: task {task['uid']}: its result could not be "
                                                  f"unpickled here: {exc!r}")
@@ -379,6 +413,26 @@ class FunctionPool:
                 updates.append((task, _FAILED))
         if final:
             self._chunks.pop(chunk_id, None)
+
+    def _unloadable(self, chunk_id: int, error: str, updates: list[tuple[Task, str]]) -> None:
+        # A worker could not unpickle the chunk: a lone task fails with why; a bigger chunk's
+        # tasks go again one by one, so that only those that cannot be unpickled fail.
+        chunk = self._chunks.pop(chunk_id, None)
+        if chunk is None:
+            return
+        pending = [tid for tid in chunk.tids if tid in chunk.pending and tid in self._tasks]
+        for tid in pending:
+            self._chunk_of.pop(tid, None)
+        if len(chunk.tids) == 1:
+            for tid in pending:
+                task = self._forget(tid)
+                if task is not None:
+                    task["exception"] = RuntimeError(f"dragon: task {task['uid']}: a pool worker could not "
+                                                     f"unpickle its function or arguments: {error}")
+                    updates.append((task, _FAILED))
+            return
+        self._solo.update(pending)
+        self._backlog.extendleft(reversed(pending))
 
     def _worker_started(self, slot_id: int, host: str, pid: int, lost: tuple[int, int, int],
                         updates: list[tuple[Task, str]]) -> None:

@@ -6,7 +6,7 @@ run for :data:`FLUSH_AFTER_S` (a slow task does not hold back the results of the
 it). A ``b"stop"`` item ends the loop.
 
 Before each task the worker writes ``(chunk, position, pid)`` into a small progress file of its
-slot on its own node (one ``pwrite``, no round trip). A worker that dies (``os._exit``, a signal, a
+slot on its own node (a store into a shared mapping of the file: no system call, no round trip). A worker that dies (``os._exit``, a signal, a
 crash in C code) sends nothing; Dragon's ProcessGroup starts a replacement from the same template,
 so with the same slot, on the same node, and the replacement's first message (``hello``) carries
 what the progress file says the dead worker was doing. The pool fails that one task as lost and
@@ -16,7 +16,10 @@ runs the rest of its chunk again.
 from __future__ import annotations
 
 import asyncio
+import functools
+import mmap
 import os
+import pickle
 import queue
 import signal
 import socket
@@ -61,11 +64,17 @@ def read_progress(path: Path) -> tuple[int, int, int]:
     return chunk, position, pid
 
 
-def _dumps_result(value: Any) -> bytes:
+def dumps_result(value: Any) -> bytes:
+    """``value`` pickled for the trip back: plain pickle (fast), cloudpickle for what it cannot
+    do (e.g. a class defined in the task's own function), else an error saying why."""
     try:
-        return cloudpickle.dumps(value)
+        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - cloudpickle may still manage
+        pass
+    try:
+        return cloudpickle.dumps(value, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # noqa: BLE001 - the task ends, with why its result could not travel
-        return cloudpickle.dumps(RuntimeError(f"dragon pool: the task's result could not be pickled: {exc!r}"))
+        return pickle.dumps(RuntimeError(f"dragon pool: the task's result could not be pickled: {exc!r}"))
 
 
 class _Runner:
@@ -74,33 +83,36 @@ class _Runner:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def run(self, payload: bytes, timeout: float | None) -> tuple[bool, bytes]:
+    def run(self, function: Any, args: Any, kwargs: Any, timeout: float | None) -> tuple[bool, bytes]:
         """``(True, pickled value)`` or ``(False, pickled exception)``."""
         if timeout is not None:
             signal.setitimer(signal.ITIMER_REAL, timeout)
         try:
-            function, args, kwargs = cloudpickle.loads(payload)
             value = function(*args, **kwargs)
             if asyncio.iscoroutine(value):
                 if self._loop is None:
                     self._loop = asyncio.new_event_loop()
                 value = self._loop.run_until_complete(value)
         except _Timeout:
-            return False, cloudpickle.dumps(TimeoutError(f"the task exceeded its timeout of {timeout} s"))
+            return False, pickle.dumps(TimeoutError(f"the task exceeded its timeout of {timeout} s"))
         except Exception as exc:  # noqa: BLE001 - the task's own exception goes to its future
-            return False, _dumps_result(exc)
+            return False, dumps_result(exc)
         finally:
             if timeout is not None:
                 signal.setitimer(signal.ITIMER_REAL, 0)
-        return True, _dumps_result(value)
+        return True, dumps_result(value)
 
 
 def serve(slot: int, tasks: Any, results: Any, progress_dir: str) -> None:
     """The worker loop of pool slot ``slot``: ``tasks`` and ``results`` are Dragon Queues.
 
-    A chunk is ``cloudpickle.dumps((chunk_id, [(tid, timeout, payload), ...]))`` with ``payload``
-    ``cloudpickle.dumps((function, args, kwargs))``; results go back as
-    ``("done", chunk_id, [(tid, ok, pickled value), ...], final)``.
+    A chunk is its id (8 bytes, little-endian) followed by
+    ``cloudpickle.dumps([(tid, timeout, function, args, kwargs), ...])``: one pickling per chunk,
+    as cloudpickle's cost is mostly per call. Results go back pickled as
+    ``("done", chunk_id, [(tid, ok, pickled value), ...], final)``, each value pickled on its
+    own so that one the pool cannot unpickle fails only its task. A chunk this worker cannot
+    unpickle (e.g. a module missing here) goes back as ``("unloadable", chunk_id, error)``: the
+    pool sends its tasks again one by one, so that each fails or runs on its own.
     """
     signal.signal(signal.SIGALRM, _on_alarm)
     directory = Path(progress_dir)
@@ -110,11 +122,15 @@ def serve(slot: int, tasks: Any, results: Any, progress_dir: str) -> None:
     # is the slot's first worker).
     lost = read_progress(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.pwrite(fd, _IDLE, 0)
+    # Stores into the shared mapping reach the file's pages at once, and stay there when this
+    # process dies: what the next worker of the slot reads.
+    progress = mmap.mmap(fd, _PROGRESS.size)
     pid = os.getpid()
-    pwrite = os.pwrite
-    pack = _PROGRESS.pack
-    pwrite(fd, _IDLE, 0)
-    results.put(cloudpickle.dumps(("hello", slot, socket.gethostname(), pid, lost)))
+    mark = functools.partial(_PROGRESS.pack_into, progress, 0)
+    put = results.put
+    dumps = pickle.dumps
+    put(dumps(("hello", slot, socket.gethostname(), pid, lost)))
     runner = _Runner()
     monotonic = time.monotonic
     try:
@@ -125,24 +141,31 @@ def serve(slot: int, tasks: Any, results: Any, progress_dir: str) -> None:
                 continue
             if item == STOP:
                 return
-            chunk_id, entries = cloudpickle.loads(item)
-            pwrite(fd, pack(chunk_id, 0, pid), 0)
+            chunk_id = int.from_bytes(item[:8], "little")
+            mark(chunk_id, 0, pid)
+            try:
+                entries = cloudpickle.loads(item[8:])
+            except Exception as exc:  # noqa: BLE001 - the pool resends the tasks one by one
+                put(dumps(("unloadable", chunk_id, repr(exc))))
+                mark(0, 0, 0)
+                continue
             done: list[tuple[int, bool, bytes]] = []
             flush_at = monotonic() + FLUSH_AFTER_S
             last = len(entries)
-            for position, (tid, timeout, payload) in enumerate(entries, 1):
-                pwrite(fd, pack(chunk_id, position, pid), 0)
-                ok, value = runner.run(payload, timeout)
+            for position, (tid, timeout, function, args, kwargs) in enumerate(entries, 1):
+                mark(chunk_id, position, pid)
+                ok, value = runner.run(function, args, kwargs, timeout)
                 done.append((tid, ok, value))
                 if position < last and monotonic() >= flush_at:
-                    results.put(cloudpickle.dumps(("done", chunk_id, done, False)))
+                    put(dumps(("done", chunk_id, done, False)))
                     done = []
                     flush_at = monotonic() + FLUSH_AFTER_S
             # Results first, then idle: a death in between is reported for a chunk already done,
             # which the pool ignores; the other order could lose the chunk's results unseen.
-            results.put(cloudpickle.dumps(("done", chunk_id, done, True)))
-            pwrite(fd, _IDLE, 0)
+            put(dumps(("done", chunk_id, done, True)))
+            mark(0, 0, 0)
     finally:
+        progress.close()
         os.close(fd)
         path.unlink(missing_ok=True)
         try:
