@@ -221,3 +221,19 @@ def test_documented_example_runs_as_written(tmp_path: Path) -> None:
         "small tasks: ['DONE', 'DONE', 'DONE', 'DONE']",
         "three GPUs: FAILED UnsatisfiableResourcesError",
     ]
+
+
+def test_the_backends_own_cluster_offers_its_threads_as_cpu() -> None:
+    async def body() -> None:
+        backend = DaskBackend(n_workers=1, threads_per_worker=2, processes=False)
+        async with Session(backends=[backend]) as session:
+            workers = backend.client.scheduler_info()["workers"]
+            assert [w["resources"] for w in workers.values()] == [{"CPU": 2}]
+            fits = ComputeTask(function=span, args=(0,), resources={"cores_per_rank": 2})
+            too_big = ComputeTask(function=span, args=(0,), resources={"cores_per_rank": 3})
+            futures = await session.submit_tasks([fits, too_big])
+            assert (await futures[0]).state == "DONE"
+            with pytest.raises(UnsatisfiableResourcesError, match=r"CPU \(most on one worker: 2\)"):
+                await futures[1]
+
+    run(body())

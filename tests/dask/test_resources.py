@@ -183,8 +183,9 @@ def test_unsatisfiable_executable_carries_the_message_as_stderr(gpu_cluster: Any
 
 def test_unsatisfiable_on_a_cluster_without_resources_says_so_plainly() -> None:
     async def body() -> None:
-        backend = DaskBackend(n_workers=1, threads_per_worker=1)
-        async with Session(backends=[backend]) as session:
+        async with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                            dashboard_address=None, asynchronous=True) as cluster, \
+                Session(backends=[DaskBackend(cluster=cluster)]) as session:
             shell = ComputeTask(executable="/bin/true",
                                 task_backend_specific_kwargs={"resources": {"GPU": 1}})
             function = ComputeTask(function=worker_name,

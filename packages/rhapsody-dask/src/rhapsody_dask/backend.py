@@ -87,7 +87,9 @@ class DaskBackend(BaseBackend):
             never closed by the backend.
         n_workers, threads_per_worker, processes, worker_resources: shape of the ``LocalCluster``
             the backend starts (and closes) when neither ``cluster`` nor ``client`` is given.
-            ``worker_resources`` (e.g. ``{"GPU": 1}``) is advertised by every worker.
+            ``worker_resources`` (e.g. ``{"GPU": 1}``) is advertised by every worker, with
+            ``CPU`` set to ``threads_per_worker`` unless given, so portable ``resources=``
+            requests for cores run on the own cluster as they are.
         cluster_options: further keyword arguments for that ``LocalCluster``.
         unsatisfiable_timeout: seconds a submitted task that asks for resources may wait after
             the last worker able to supply them left (restarts, adaptive scaling) before it fails
@@ -169,7 +171,8 @@ class DaskBackend(BaseBackend):
             "n_workers": n_workers,
             "threads_per_worker": threads_per_worker or 1,
             "processes": True if processes is None else processes,
-            "resources": worker_resources,
+            # Each worker offers its threads as CPU: ComputeTask(resources=...) asks for CPU.
+            "resources": {"CPU": threads_per_worker or 1, **(worker_resources or {})},
             "dashboard_address": None,
             **dict(cluster_options or {}),
         }
