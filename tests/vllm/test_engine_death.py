@@ -50,7 +50,7 @@ async def test_killed_server_fails_in_flight_tasks(tiny_model: Path) -> None:
         # in flight) fails with the reason too; only the program's cancel makes a task CANCELED.
         cut = AITask("y", max_tokens=2)
         await session.submit_tasks([cut])
-        backend._running[cut.uid].cancel()
+        backend.in_flight.find(cut).handle.cancel()
         await session.wait_tasks([cut], timeout=10)
         assert cut.state == "FAILED"
         assert isinstance(cut.exception, EngineDiedError)

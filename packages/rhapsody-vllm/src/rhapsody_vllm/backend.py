@@ -204,8 +204,6 @@ class VLLMBackend(BaseBackend):
         self._default_model: str | None = None
         self._owned: _Service | None = None
         self._death_watch: asyncio.Task[None] | None = None
-        self._running: dict[str, asyncio.Task[None]] = {}
-        self._cancel_requested: set[str] = set()
         self._finished: list[tuple[Task, str]] = []
         self._flush_scheduled = False
         self._event_loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -359,11 +357,13 @@ class VLLMBackend(BaseBackend):
 
     async def _shutdown(self) -> None:
         """Cancel requests in flight (their tasks end CANCELED), stop the owned server's group."""
-        for uid, running in list(self._running.items()):
-            self._cancel_requested.add(uid)
-            running.cancel()
-        if self._running:
-            await asyncio.wait(list(self._running.values()), timeout=self._shutdown_timeout)
+        requests = []
+        for entry in self.in_flight:
+            entry.cancelling = True
+            entry.handle.cancel()
+            requests.append(entry.handle)
+        if requests:
+            await asyncio.wait(requests, timeout=self._shutdown_timeout)
         self._flush()
         await self._release()
 
@@ -376,6 +376,15 @@ class VLLMBackend(BaseBackend):
             await self._client.aclose()
 
     # -- the hot path: submit -> request -> result -> report ---------------------------------
+
+    async def check_tasks(self, tasks: Sequence[Task]) -> None:
+        """Plan every task's request without sending it: the refusals of :meth:`submit_tasks`.
+
+        Raises:
+            ValueError, TypeError, ConnectionError: as :meth:`submit_tasks`.
+        """
+        for task in tasks:
+            await self._plan(task)
 
     async def submit_tasks(self, tasks: Sequence[Task]) -> None:
         """Send every task's request(s) to the server serving its model; returns at once.
@@ -390,21 +399,19 @@ class VLLMBackend(BaseBackend):
         """
         plans = [await self._plan(task) for task in tasks]
         create_task = self._event_loop.create_task
-        running = self._running
+        add = self.in_flight.add
         for task, service, path, payloads, timeout in plans:
             request = create_task(self._run(task, service, path, payloads, timeout))
+            add(task, handle=request)
             request.add_done_callback(functools.partial(self._request_done, task, service))
-            running[task["uid"]] = request
             service.inflight.add(request)
 
     def _request_done(self, task: Task, service: _Service, request: asyncio.Task[None]) -> None:
         # Every request ends here, run or not. One cancelled before its first step (or while
         # _run was explaining a lost connection) has not reported its task: that happens here.
-        uid = task["uid"]
+        entry = self.in_flight.pop(task["uid"])
         if request.cancelled():
-            self._finish_cancelled(task, service)
-        self._running.pop(uid, None)
-        self._cancel_requested.discard(uid)
+            self._finish_cancelled(task, service, cancelling=entry is not None and entry.cancelling)
         service.inflight.discard(request)
 
     async def _plan(self, task: Task) -> tuple[Task, _Service, str, list[dict[str, Any]], float | None]:
@@ -496,7 +503,8 @@ class VLLMBackend(BaseBackend):
             answer = await (requests if timeout is None else asyncio.wait_for(requests, timeout))
             _fill(task, service, path, [answer] if len(payloads) == 1 else answer)
         except asyncio.CancelledError:
-            self._finish_cancelled(task, service)
+            entry = self.in_flight.get(uid)
+            self._finish_cancelled(task, service, cancelling=entry is not None and entry.cancelling)
         except asyncio.TimeoutError:
             task["exception"] = TimeoutError(
                 f"task {uid}: {service.base_url}{path} gave no answer within {timeout} s"
@@ -532,11 +540,11 @@ class VLLMBackend(BaseBackend):
             return EngineDiedError(uid, service.base_url, None, f"{why} ({detail})")
         return InferenceError(uid, service.base_url, None, f"connection lost: {detail}")
 
-    def _finish_cancelled(self, task: Task, service: _Service) -> None:
+    def _finish_cancelled(self, task: Task, service: _Service, *, cancelling: bool) -> None:
         # Only the program's cancel (or close) makes a task CANCELED; a request cut short
         # because its server died fails with the reason.
         uid = task["uid"]
-        if service.death is not None and uid not in self._cancel_requested:
+        if service.death is not None and not cancelling:
             task["exception"] = EngineDiedError(uid, service.base_url, None, service.death)
             self._finish(task, "FAILED")
         else:
@@ -560,11 +568,11 @@ class VLLMBackend(BaseBackend):
 
         Returns ``False`` when the task has already finished.
         """
-        running = self._running.get(task["uid"])
-        if running is None or running.done():
+        entry = self.in_flight.find(task)
+        if entry is None or entry.handle.done():
             return False
-        self._cancel_requested.add(task["uid"])
-        running.cancel()
+        entry.cancelling = True
+        entry.handle.cancel()
         return True
 
 
