@@ -16,7 +16,7 @@ async def double(x: int) -> int:
 
 
 async def main() -> None:
-    backend = await rhapsody.get_backend("dragon")          # starts the Batch (a few seconds)
+    backend = await rhapsody.get_backend("dragon")          # starts the worker pool (seconds)
     async with rhapsody.Session(backends=[backend]) as session:
         workdir = tempfile.mkdtemp()
         tasks = [
