@@ -51,6 +51,8 @@ BAD_TASKS = [
     (lambda: _shell(cwd=3), TypeError, "cwd must be a path, got 3"),
     (lambda: _shell(shell="yes"), TypeError, "shell must be True or False, got 'yes'"),
     (lambda: _shell(resources="GPU"), TypeError, "resources must be a dict"),
+    (lambda: ComputeTask(executable="/bin/true", capture_stdio=False), ValueError,
+     "capture_stdio=False is not supported on Dask"),
 ]
 
 

@@ -143,6 +143,13 @@ def test_bad_executable_options_are_refused_by_name(
     assert session.in_flight == 0
 
 
+def test_uncaptured_output_is_refused(session: Session, loop: asyncio.AbstractEventLoop) -> None:
+    task = ComputeTask(executable="/bin/true", capture_stdio=False)
+    with pytest.raises(ValueError, match="capture_stdio=False is not supported on RADICAL-Pilot"):
+        run(loop, session.submit_tasks([task]))
+    assert task.state == "NEW" and session.in_flight == 0
+
+
 def test_function_options_are_refused_by_name(session: Session, loop: asyncio.AbstractEventLoop) -> None:
     task = ComputeTask(function=workloads.square, args=(2,),
                        task_backend_specific_kwargs={"cores_per_rank": 2})

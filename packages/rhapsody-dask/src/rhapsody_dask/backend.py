@@ -931,6 +931,12 @@ def _plan(task: Task) -> tuple[tuple[Any, ...], dict[str, float] | None]:
     executable = task["function"] is None
     if executable:
         kind = "executable"
+        if not task["capture_stdio"]:
+            raise ValueError(
+                f"task {uid}: capture_stdio=False is not supported on Dask: the program runs on a "
+                "worker, whose output does not reach this terminal (its output is captured into "
+                "task.stdout and task.stderr instead; drop capture_stdio=False)"
+            )
     else:
         kind = "async" if is_async_callable(task["function"]) else "sync"
         if kind == "sync" and task["timeout"] is not None:

@@ -519,6 +519,11 @@ class RadicalBackend(BaseBackend):
         return verified(rp.TaskDescription, described, f"task {task['uid']}: RADICAL-Pilot rejects the task")
 
     def _describe_executable(self, task: Task, rp: Any) -> Any:
+        if not task["capture_stdio"]:
+            raise ValueError(
+                f"task {task['uid']}: capture_stdio=False is not supported on RADICAL-Pilot: the "
+                "agent writes a task's output to files in its sandbox, read back into task.stdout "
+                "and task.stderr; drop capture_stdio=False")
         options = self._options(task, None)
         # ComputeTask(resources=...) as RP fields; a field task_backend_specific_kwargs sets wins.
         options.update(description_fields(task, options))
