@@ -21,7 +21,7 @@ from typing import Any
 import distributed
 import pytest
 
-from rhapsody import ComputeTask, Session
+from rhapsody import ComputeTask, RhapsodyError, Session
 from rhapsody_dask import DaskBackend, UnsatisfiableResourcesError
 from rhapsody_dask.resources import portable_resources
 
@@ -168,6 +168,7 @@ def test_a_request_no_worker_can_supply_fails_at_once_naming_it(cluster: Any) ->
                                    match=rf"supply resource {name} \(most on one worker: {most}\)"):
                     await future
             assert gpus.exception.missing == ["GPU"]
+            assert isinstance(gpus.exception, RhapsodyError)  # catchable as any error of ours
             assert "ComputeTask(resources=...) asks Dask for GPU" in str(gpus.exception)
             assert (memory.exit_code, memory.stderr) == (None, str(memory.exception))
             assert (await futures[3]).return_value[0] == "gpu"

@@ -143,3 +143,15 @@ def test_ai_task_validation_comes_from_the_core() -> None:
         AITask("x", top_p=0)
     with pytest.raises(ValueError, match="max_tokens must be an integer >= 1, got 0"):
         AITask("x", max_tokens=0)
+
+
+def test_inference_errors_are_rhapsody_errors_and_pickle() -> None:
+    import pickle
+
+    from rhapsody_vllm import EngineDiedError, InferenceError
+
+    error = EngineDiedError("t.1", "http://127.0.0.1:1/v1", None, "the server exited")
+    assert isinstance(error, rhapsody.RhapsodyError) and isinstance(error, InferenceError)
+    assert isinstance(error, RuntimeError)  # still caught where RuntimeError was
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is EngineDiedError and str(copy) == str(error)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 # One type for every backend: ``except rhapsody.WorkerLostError`` and
 # ``except rhapsody_dask.WorkerLostError`` catch the same failures, and the session re-runs it.
-from rhapsody.errors import WorkerLostError
+from rhapsody.errors import RhapsodyError, WorkerLostError
 
 __all__ = ["TaskLoadError", "UnsatisfiableResourcesError", "WorkerLostError"]
 
 
-class TaskLoadError(RuntimeError):
+class TaskLoadError(RhapsodyError, RuntimeError):
     """A Dask worker could not unpickle a task's function or arguments.
 
     Typically the function (or a class of an argument) lives in a module that exists only in the
@@ -33,7 +33,7 @@ class TaskLoadError(RuntimeError):
         return (type(self), (self.part, self.reason))
 
 
-class UnsatisfiableResourcesError(RuntimeError):
+class UnsatisfiableResourcesError(RhapsodyError, RuntimeError):
     """No worker of the Dask cluster advertises the resources a task asks for.
 
     Attributes:

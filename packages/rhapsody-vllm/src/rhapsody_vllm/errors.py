@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from rhapsody.errors import RhapsodyError
 
-class InferenceError(RuntimeError):
+
+class InferenceError(RhapsodyError, RuntimeError):
     """An inference request failed: the server answered with an error, or could not be reached.
 
     Attributes:
