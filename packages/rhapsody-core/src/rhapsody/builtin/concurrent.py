@@ -185,6 +185,9 @@ class ConcurrentBackend(BaseBackend):
                           memory=memory or machine_memory(), slots=max_subprocesses or cores)
         self._mpi_launcher = _launcher(mpi_launcher)
         # uid -> its chunk (threads) or the chunk's pool future (processes) until the task starts.
+        # Not self.in_flight, on purpose: this is the hottest path of any backend, and one dict
+        # store and pop per task cost ~1.6 us where an in_flight entry (an object and a lock)
+        # cost ~9 us, measured side by side; the pop-claims rule is the same.
         self._queued: dict[str, Any] = {}
         # uid -> the driver of an executable, until it ends.
         self._drivers: dict[str, _Driver] = {}
