@@ -64,11 +64,11 @@ def kill_when(process: subprocess.Popen[str], journal: pathlib.Path, at_least: i
 
 def test_resume_after_sigkill_reruns_only_tasks_in_flight(tmp_path: pathlib.Path) -> None:
     runs, journal, workload = tmp_path / "runs.txt", tmp_path / "run.journal", tmp_path / "w.yaml"
-    workload.write_text("".join(f"- echo {i} >> {runs}; sleep 0.2\n" for i in range(TASKS)))
+    workload.write_text("".join(f"- echo {i} >> {runs}; sleep 0.3\n" for i in range(TASKS)))
 
     recorded: list[set[int]] = []
     ran: list[list[int]] = []
-    for at_least in (5, 20):
+    for at_least in (5, 16):
         kill_when(start(tmp_path, workload, journal), journal, at_least)
         recorded.append(journaled(journal))
         ran.append(executions(runs))
