@@ -87,7 +87,7 @@ class Resources:
 
     @property
     def gpus(self) -> float:
-        """GPUs over all ranks (a fraction only for one rank asking for a fraction)."""
+        """GPUs over all ranks (not a whole number when ranks ask for fractions)."""
         return self.ranks * self.gpus_per_rank
 
     @property
