@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from typing import Any
 
 from rhapsody import ComputeTask, Session, get_backend
 
@@ -66,8 +67,9 @@ async def floor_futures(n: int) -> float:
     return (time.perf_counter() - start) / n * 1e6
 
 
-async def noop_tasks(n: int) -> float:
-    async with Session(backends=["noop"]) as session:
+async def noop_tasks(n: int, records: list[Any] | None = None) -> float:
+    # records: rhapsody.records recorders (bench_records.py measures them on this same loop).
+    async with Session(backends=["noop"], records=records) as session:
         start = time.perf_counter()
         tasks = [ComputeTask(function=nothing) for _ in range(n)]
         futures = await session.submit_tasks(tasks)

@@ -24,25 +24,12 @@ import gc
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from typing import Any
 
-from bench_core import floor_futures, line, nothing
+from bench_core import floor_futures, line, noop_tasks
 
-from rhapsody import ComputeTask, Session
 from rhapsody.records import EventLog, HtmlReport, Journal, Timeline
-
-
-async def noop_tasks(n: int, records: list[Any]) -> float:
-    async with Session(backends=["noop"], records=records) as session:
-        start = time.perf_counter()
-        tasks = [ComputeTask(function=nothing) for _ in range(n)]
-        futures = await session.submit_tasks(tasks)
-        await asyncio.gather(*futures)
-        elapsed = time.perf_counter() - start
-    return elapsed / n * 1e6
-
 
 TARGETED = ("records off", "timings (Timeline)")
 
