@@ -15,6 +15,7 @@ The file is JSON Lines, one object per DONE task::
 ``response``, ``finish_reason`` and ``usage``). Where that cannot be pickled, ``value`` is left
 out and ``unpicklable`` says why (``"TypeError: cannot pickle '_thread.lock' object"``); a later
 run does not restore such a task but runs it again, since it has no value to give back.
+Restoring unpickles: a journal is as trusted as a pickle file, so use only your own runs'.
 
 Durability: each line is written with one ``os.write`` to a file opened ``O_APPEND``, so lines
 from one writer never interleave and a process killed at any moment (SIGKILL included) leaves
