@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import shutil
 import stat
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -302,3 +304,54 @@ def test_a_function_task_asking_for_one_core_runs() -> None:
 def test_bad_node_declarations(options: dict[str, Any], error: type[Exception], pattern: str) -> None:
     with pytest.raises(error, match=pattern):
         get_backend("concurrent", **options)
+
+
+def real_mpiexec() -> str:
+    """An MPI launcher on PATH or in this Python's environment (``pip install mpich`` has one)."""
+    found = shutil.which("mpiexec") or shutil.which("mpiexec", path=os.path.join(sys.prefix, "bin"))
+    if found is None:
+        pytest.skip("no mpiexec on PATH or in this environment (pip install mpich provides one)")
+    return found
+
+
+def test_ranks_run_under_a_real_mpiexec(tmp_path: pathlib.Path) -> None:
+    mpiexec = real_mpiexec()
+    backend = get_backend("concurrent", cores=4, gpus=["m0", "m1", "m2"], mpi_launcher=mpiexec)
+    job = ComputeTask(executable="/bin/sh", resources={"ranks": 2, "gpus_per_rank": 1},
+                      arguments=["-c", 'echo "rank $PMI_RANK of $PMI_SIZE sees $CUDA_VISIBLE_DEVICES"'])
+    asyncio.run(run(backend, [job]))
+    lines = sorted(job.stdout.splitlines())
+    assert [line.split(" sees ")[0] for line in lines] == ["rank 0 of 2", "rank 1 of 2"], job.stdout
+    devices = {line.split(" sees ")[1] for line in lines}
+    assert len(devices) == 1 and len(devices.pop().split(",")) == 2  # the job's two GPUs
+
+
+def test_cancelling_a_real_mpi_job_kills_every_rank(tmp_path: pathlib.Path) -> None:
+    mpiexec = real_mpiexec()
+
+    async def main() -> list[int]:
+        backend = get_backend("concurrent", cores=4, gpus=0, mpi_launcher=mpiexec)
+        async with Session(backends=[backend]) as session:
+            job = ComputeTask(executable="/bin/sh", resources={"ranks": 2}, arguments=[
+                "-c", f'sleep 300 & echo $! > {tmp_path}/rank-$PMI_RANK; wait'])
+            await session.submit_tasks([job])
+            pids = []
+            for rank in (0, 1):
+                path = tmp_path / f"rank-{rank}"
+                for _ in range(600):
+                    if path.exists() and path.read_text().strip():
+                        break
+                    await asyncio.sleep(0.05)
+                pids.append(int(path.read_text()))
+            assert await session.cancel_task(job)
+            assert job.state == TaskState.CANCELED
+            # Its cores are back: a whole-node task runs.
+            after = recorder(sleep=0, resources={"cores_per_rank": 4})
+            await session.submit_tasks([after])
+            await session.wait_tasks([after], timeout=NO_HANG)
+            assert after.state == TaskState.DONE
+            return pids
+
+    for pid in asyncio.run(main()):
+        assert not pathlib.Path(f"/proc/{pid}").exists() or " Z " in pathlib.Path(
+            f"/proc/{pid}/stat").read_text(), f"rank process {pid} outlived its cancelled job"
