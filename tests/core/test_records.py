@@ -104,7 +104,10 @@ def test_event_log_schema(tmp_path: pathlib.Path) -> None:
     tasks.append(ComputeTask(fails, args=("bad input",), name="raiser"))
     tasks.append(ComputeTask(executable="/bin/sh", arguments=["-c", "echo disk on fire >&2; exit 7"]))
     run(run_tasks(tasks, [EventLog(path)]))
-    events = [json.loads(line) for line in path.read_text().splitlines()]
+    lines = path.read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    # The fast writer writes exactly what json.dumps writes for the documented object.
+    assert lines == [json.dumps(event) for event in events]
     by_uid: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         assert event["v"] == 1
@@ -124,6 +127,14 @@ def test_event_log_schema(tmp_path: pathlib.Path) -> None:
     # Greppable as documented.
     failed = [line for line in path.read_text().splitlines() if '"state": "FAILED"' in line]
     assert len(failed) == 2
+
+
+def test_event_values_are_written_as_json_writes_them() -> None:
+    from rhapsody.records.events import _value
+
+    for value in (1.5, 1796310159.8538976, 1e-7, 1e300, float("nan"), float("-inf"), 0, -3,
+                  10**20, True, None, "plain", 'quote " and\nnewline', "non-ascii é ✓"):
+        assert _value(value) == json.dumps(value), value
 
 
 def test_records_hear_only_their_own_session(tmp_path: pathlib.Path) -> None:

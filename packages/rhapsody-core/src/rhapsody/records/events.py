@@ -24,6 +24,7 @@ session hands over, flushed to the operating system after each batch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -65,7 +66,7 @@ class EventLog:
         if stream is None:
             return
         now = time.time()
-        lines = [json.dumps(event(task, now)) for task in tasks]
+        lines = [line(task, now) for task in tasks]
         lines.append("")
         stream.write("\n".join(lines))
         stream.flush()
@@ -94,5 +95,40 @@ def event(task: Task, now: float | None = None) -> dict[str, Any]:
     return record
 
 
+def line(task: Task, now: float | None = None) -> str:
+    """``json.dumps(event(task, now))``, the same text, written about twice as fast: each value
+    is formatted as json formats it (its own C string quoting, ``repr`` of finite floats and
+    ints), without building the object first."""
+    state = task["state"]
+    stamps = _get(task, "timings") or _NO_TIMES
+    text = (f'{{"v": {FORMAT_VERSION}, "time": {_value(stamps.get(state, now))}, '
+            f'"uid": {_value(task["uid"])}, "name": {_value(_get(task, "name"))}, '
+            f'"kind": {_value(task.kind)}, "backend": {_value(task["backend"])}, '
+            f'"state": {_value(state)}')
+    if state in TERMINAL_STATES:
+        error = None if state == TaskState.DONE else failure_text(task, 500)
+        text += (f', "exit_code": {_value(_get(task, "exit_code"))}, "error": {_value(error)}, '
+                 f'"retried": {_value(_get(task, "retried", 0))}')
+    worker = _get(task, "worker")
+    if worker is not None:
+        text += f', "worker": {_value(str(worker))}'
+    if _get(task, "restored"):
+        text += ', "restored": true'
+    return text + "}"
+
+
+def _value(value: Any) -> str:
+    """``json.dumps(value)`` for the values an event holds, the common ones without its call."""
+    kind = type(value)
+    if kind is str:
+        return _quote(value)
+    if value is None:
+        return "null"
+    if kind is int or (kind is float and math.isfinite(value)):
+        return repr(value)  # what json writes for these; nan and infinities go to json below
+    return json.dumps(value)
+
+
+_quote = json.encoder.encode_basestring_ascii  # what json.dumps quotes strings with
 _get = dict.get
 _NO_TIMES: dict[str, float] = {}
