@@ -113,6 +113,16 @@ def test_rocm_devices_are_handed_on_through_their_own_variable(monkeypatch: pyte
     assert task.stdout.split() in (["4", "unset", "unset"], ["6", "unset", "unset"])
 
 
+def test_gpus_zero_leaves_programs_the_devices_this_process_sees(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    accounted = recorder()  # found GPU 7: a task that asked for none sees none
+    asyncio.run(run(get_backend("concurrent"), [accounted]))
+    assert interval(accounted)[2] == ""
+    untouched = recorder()
+    asyncio.run(run(get_backend("concurrent", gpus=0), [untouched]))
+    assert interval(untouched)[2] == "7"
+
+
 @pytest.mark.parametrize(("environment", "found"), [
     ({"CUDA_VISIBLE_DEVICES": "2,3"}, (["2", "3"], "CUDA_VISIBLE_DEVICES")),
     ({"CUDA_VISIBLE_DEVICES": "GPU-1a2b, GPU-3c4d"}, (["GPU-1a2b", "GPU-3c4d"], "CUDA_VISIBLE_DEVICES")),
