@@ -87,7 +87,8 @@ class ConcurrentBackend(BaseBackend):
         gpus: the node's GPUs: a count (devices ``0`` to ``N-1``) or a list of device ids.
             Default: those this process may use, from ``CUDA_VISIBLE_DEVICES`` (or
             ``ROCR_VISIBLE_DEVICES``/``HIP_VISIBLE_DEVICES``), else the NVIDIA or AMD driver's
-            device list; ``0`` or ``[]`` for none.
+            device list; ``0`` or ``[]`` for none (then programs see this process's devices
+            unchanged, and no GPU request can be honoured).
         memory: the node's memory in MiB that executables' ``memory_per_rank`` is counted
             against (default: physical memory, or the cgroup's limit).
         mpi_launcher: the command that starts a task with ``resources={"ranks": n}``, n > 1:
