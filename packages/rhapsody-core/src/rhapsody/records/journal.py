@@ -94,7 +94,8 @@ class Journal:
             # The piece after the last newline is an unfinished line (empty when none).
             torn_tail = bool(lines[-1])
             for raw in lines[:-1]:
-                self._take(raw)
+                if raw.strip():  # blank lines (an edited file) are no records and no damage
+                    self._take(raw)
             if torn_tail:
                 self.ignored_lines += 1
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
