@@ -111,3 +111,48 @@ def test_missing_program_is_named() -> None:
     assert spec is not None
     with pytest.raises(FileNotFoundError, match="cannot find program '/nonexistent/rhapsody-prog'"):
         find_program(task, spec)
+
+
+def test_resources_ranks_make_an_executable_a_job() -> None:
+    task = rhapsody.ComputeTask(executable="/bin/echo", resources={"ranks": 3, "cores_per_rank": 1})
+    spec = check_options(task, function=False)
+    assert spec is not None and (spec.job, spec.ranks, len(spec.groups)) == (True, 3, 1)
+    # process_templates, the escape hatch, wins over resources ranks.
+    task = rhapsody.ComputeTask(executable="/bin/echo", resources={"ranks": 3},
+                                task_backend_specific_kwargs={"process_templates": [(2, {})]})
+    spec = check_options(task, function=False)
+    assert spec is not None and (spec.job, spec.ranks) == (True, 2)
+    single = check_options(rhapsody.ComputeTask(executable="/bin/echo", resources={"ranks": 1}), function=False)
+    assert single is not None and (single.job, single.ranks) == (False, 1)
+
+
+@pytest.mark.parametrize(("resources", "function", "message"), [
+    ({"cores_per_rank": 2}, False, r"cores_per_rank=2: Dragon .* reserves no CPU cores"),
+    ({"gpus_per_rank": 1}, False, r"gpus_per_rank=1: .*gpu_affinity"),
+    ({"gpus_per_rank": 0.5}, True, r"gpus_per_rank=0.5"),
+    ({"memory_per_rank": 64}, False, r"memory_per_rank=64 MiB: Dragon neither reserves nor limits memory"),
+    ({"ranks": 2}, True, r"ranks=2: a function task runs as one process"),
+    ({"cores_per_rank": 4}, True, r"cores_per_rank=4"),
+])
+def test_resources_dragon_cannot_honour_are_refused_by_name(
+        resources: dict[str, Any], function: bool, message: str) -> None:
+    task = (rhapsody.ComputeTask(function=abs, args=(1,), resources=resources) if function
+            else rhapsody.ComputeTask(executable="/bin/echo", resources=resources))
+    with pytest.raises(ValueError, match=message):
+        check_options(task, function=function)
+
+
+def test_a_policy_in_the_process_template_wins_over_cores_and_gpus() -> None:
+    from dragon.infrastructure.policy import Policy
+
+    policy = Policy(cpu_affinity=[0, 1])
+    task = rhapsody.ComputeTask(executable="/bin/echo", resources={"cores_per_rank": 2, "gpus_per_rank": 1},
+                                task_backend_specific_kwargs={"process_template": {"policy": policy}})
+    spec = check_options(task, function=False)
+    assert spec is not None and spec.groups[0][1]["policy"] is policy
+
+
+def test_function_defaults_are_accepted() -> None:
+    task = rhapsody.ComputeTask(function=abs, args=(1,), resources={"ranks": 1, "cores_per_rank": 1,
+                                                                   "gpus_per_rank": 0})
+    assert check_options(task, function=True) is None

@@ -366,7 +366,7 @@ class DragonBackend(BaseBackend):
         specs: list[ProcessSpec | None] = []
         for task in tasks:
             if task["function"] is not None:
-                if task["task_backend_specific_kwargs"]:
+                if task["task_backend_specific_kwargs"] or task.get("resources"):
                     check_options(task, function=True)
                 specs.append(None)
             else:

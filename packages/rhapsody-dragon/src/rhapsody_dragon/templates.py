@@ -1,8 +1,15 @@
-"""Checks executable tasks' ``task_backend_specific_kwargs`` and turns them into ProcessTemplates.
+"""Checks tasks' ``task_backend_specific_kwargs`` and ``resources=``, and turns executables into
+ProcessTemplates.
 
 Accepted keys: ``process_template`` (a dict), ``process_templates`` (``[(nranks, dict), ...]``)
 and ``shell`` (bool). Template dicts take ``cwd``, ``env``, ``policy`` and ``options``: the task
 itself supplies the program, its arguments and where its output goes.
+
+Portable resources (``ComputeTask(resources=...)``): ``ranks`` > 1 runs an executable as a Dragon
+job of that many ranks (``process_templates`` wins when given). What Dragon places but does not
+reserve is refused at submit, naming the key: more than one core per rank, GPUs and memory (a
+``process_template`` policy pins cores or GPUs, and then wins over ``cores_per_rank`` and
+``gpus_per_rank``). A function task runs as one process with one core: it takes only the defaults.
 """
 
 from __future__ import annotations
@@ -16,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rhapsody import Task
+from rhapsody import Resources, Task
+from rhapsody.resources import resources_of
 
 from . import runner
 
@@ -36,18 +44,23 @@ class ProcessSpec:
 
 
 def check_options(task: Task, *, function: bool) -> ProcessSpec | None:
-    """Check a task's ``task_backend_specific_kwargs``.
+    """Check a task's ``task_backend_specific_kwargs`` and ``resources=``.
 
-    Returns the executable's :class:`ProcessSpec` (``None`` for a function task).
+    Returns the executable's :class:`ProcessSpec` (``None`` for a function task); ``resources``
+    ``ranks`` > 1 makes it a job of that many ranks unless ``process_templates`` says otherwise.
 
     Raises:
         ValueError: an unknown key (named), both ``process_template`` and
-            ``process_templates``, options on a function task, or a rank count below 1.
+            ``process_templates``, options on a function task, a rank count below 1, or a
+            ``resources`` key Dragon cannot honour (named, with what it offers instead).
         TypeError: a value of the wrong type.
     """
     uid = task["uid"]
     options = task["task_backend_specific_kwargs"]
+    resources = resources_of(task)
     if function:
+        if resources is not None:
+            _check_resources(uid, resources, pinned=False, function=True)
         if options:
             raise ValueError(
                 f"dragon: task {uid}: function tasks take no task_backend_specific_kwargs, got "
@@ -87,11 +100,40 @@ def check_options(task: Task, *, function: bool) -> ProcessSpec | None:
         template = options.get("process_template", {})
         groups = [(1, _check_template(uid, "process_template", template))]
         job = False
+    if resources is not None:
+        _check_resources(uid, resources, pinned=any(t.get("policy") is not None for _, t in groups),
+                         function=False)
+        if resources.ranks > 1 and not job:
+            # An MPI job of that many ranks, as process_templates=[(ranks, template)] would be.
+            groups, job = [(resources.ranks, groups[0][1])], True
     hostnames = frozenset(
         host for _, template in groups if (host := _requested_host(template.get("policy"))) is not None
     )
     return ProcessSpec(groups=groups, shell=shell, job=job, ranks=sum(n for n, _ in groups),
                        hostnames=hostnames)
+
+
+def _check_resources(uid: str, resources: Resources, *, pinned: bool, function: bool) -> None:
+    """Refuse, naming the key, what of ``resources`` Dragon cannot honour for this task
+    (``pinned``: its process template gives a placement policy, which wins for cores and GPUs)."""
+    where = "a function task" if function else "an executable"
+    if function and resources.ranks > 1:
+        raise ValueError(f"dragon: task {uid}: resources ranks={resources.ranks}: a function task runs as one "
+                         "process; run MPI ranks as an executable (resources={'ranks': n} makes it a job)")
+    if resources.cores_per_rank > 1 and not pinned:
+        raise ValueError(
+            f"dragon: task {uid}: resources cores_per_rank={resources.cores_per_rank}: Dragon places each "
+            f"process of {where} on a node but reserves no CPU cores for it; ask for 1 core per rank, or "
+            "pin cores with a process_template policy (Policy(cpu_affinity=[...]))")
+    if resources.gpus_per_rank and (function or not pinned):
+        raise ValueError(
+            f"dragon: task {uid}: resources gpus_per_rank={resources.gpus_per_rank}: rhapsody-dragon does not "
+            f"assign GPUs from resources=; for {where}, give executables a process_template policy with "
+            "gpu_affinity (dragon.native.machine.System().gpu_policies())")
+    if resources.memory_per_rank is not None:
+        raise ValueError(
+            f"dragon: task {uid}: resources memory_per_rank={resources.memory_per_rank} MiB: Dragon neither "
+            "reserves nor limits memory per process; leave memory_per_rank out")
 
 
 def _check_template(uid: str, key: str, template: Any) -> dict[str, Any]:
