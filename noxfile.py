@@ -97,7 +97,8 @@ DRAGON_TEST_ENV = {"RHAPSODY_LOAD_PLUGINS": "dragon"}
 # Each module that needs a Dragon runtime gets one of its own (the launcher starts it in ~5 s).
 DRAGON_RUNTIME_MODULES = ("tests/dragon/test_conformance.py", "tests/dragon/test_conformance_batch.py",
                           "tests/dragon/test_pool.py", "tests/dragon/test_dragon.py",
-                          "tests/dragon/test_worker_loss.py", "tests/dragon/test_migration.py")
+                          "tests/dragon/test_worker_loss.py", "tests/dragon/test_migration.py",
+                          "tests/dragon/test_docs.py")
 DRAGON_MODULE_TIMEOUT_S = "600"
 
 
