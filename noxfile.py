@@ -27,6 +27,8 @@ def install_core(session: nox.Session) -> None:
 def tests_core(session: nox.Session) -> None:
     """The core: tasks, Session, plugins, concurrent/noop backends, conformance kit, CLI, examples."""
     install_core(session)
+    # mpich: a real mpiexec for concurrent's resources={"ranks": n} tests (MPICH's own wheel).
+    session.install("mpich")
     session.run("pytest", "tests/core", *session.posargs, env={"RHAPSODY_LOAD_PLUGINS": ""})
 
 
