@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import pickle
 import threading
 from typing import Any
 
@@ -63,6 +64,15 @@ def test_timings_are_stamped_once_per_hand_over(tmp_path: pathlib.Path) -> None:
     submitted = {task.timings["SUBMITTED"] for task in tasks}
     # One submit_tasks call to one backend is one hand-over: one clock read for all 21 tasks.
     assert len(submitted) == 1
+    # Tasks that ended in one batch (the noop backend ends a submission in one) share one
+    # read-only timings mapping.
+    done = [ComputeTask(square, args=(i,)) for i in range(50)]
+    run(run_tasks(done, [EventLog(tmp_path / "noop.jsonl")], backends=["noop"]))
+    assert len({id(task.timings) for task in done}) == 1
+    with pytest.raises(TypeError, match="read-only"):
+        tasks[0].timings["mine"] = 1.0
+    assert dict(tasks[0].timings) == tasks[0].timings
+    assert pickle.loads(pickle.dumps(tasks[0])).timings == tasks[0].timings
     for task in tasks:
         assert set(task.timings) >= {"SUBMITTED", task.state}
         assert task.timings["SUBMITTED"] <= task.timings[task.state]
