@@ -211,7 +211,7 @@ def test_tasks_lost_beside_a_killer_with_default_saturation_are_not_charged(
 def _mark_in_child(directory: str, marker_id: int, end: bool) -> int:
     """Run the worker-side marking in a real process that then exits; return its pid."""
     code = (
-        "import os, sys; from rhapsody_dask import backend as b; "
+        "import os, sys; from rhapsody_dask import worker as b; "
         f"h = b._begin({directory!r}, {marker_id}); "
         f"b._end(h) if {end} else None; print(os.getpid())"
     )
@@ -223,6 +223,7 @@ def _mark_in_child(directory: str, marker_id: int, end: bool) -> int:
 def test_markers_say_which_task_a_dead_worker_was_executing() -> None:
     from rhapsody.builtin.worker_markers import WorkerMarkers
     from rhapsody_dask import backend as module
+    from rhapsody_dask import worker
 
     markers = WorkerMarkers()
     try:
@@ -232,10 +233,10 @@ def test_markers_say_which_task_a_dead_worker_was_executing() -> None:
         assert module._started_in(markers, finished) == set()
         # A process that is still alive here (a worker of another host may have its pid): its
         # markers say nothing about the dead worker, so its lost tasks are all charged.
-        handle = module._begin(markers.directory, 9)
+        handle = worker._begin(markers.directory, 9)
         assert handle is not None
         assert module._started_in(markers, os.getpid()) is None
-        module._end(handle)
+        worker._end(handle)
         # No marker of that pid here (a worker on another host): cannot tell either.
         assert module._started_in(markers, 2 ** 22 + 12345) is None
     finally:
