@@ -38,6 +38,7 @@ from ..resources import Resources, resources_of
 from ..states import TaskState
 from ..task import Task
 from .node import GPU_VARIABLES, Demand, Grant, Node, detect_gpus, machine_memory, visible_ids
+from .process_group import KILL_GRACE, Output, end_group, signal_group, spawn, stop_reading
 from .worker_markers import WorkerMarkers, exit_status, mark_chunk, mark_task, worker_marker
 
 _DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
@@ -50,7 +51,6 @@ _WATCH_INTERVAL = 1.0  # how often the watchdog looks at broken pools (see _watc
 _STRANDED_AFTER = 2.0  # how long a broken pool's thread gets to fail its futures itself
 _REAP_WAIT = 1.0  # a dead worker's exit status is there within moments of its sentinel
 _REQUEUED: Any = object()  # in _queued: a task of a broken pool, waiting to be resubmitted
-_KILL_GRACE = 3.0
 
 
 # Where an executable's driver is; it decides how cancel_task stops it (see _cancel_driver).
@@ -503,13 +503,13 @@ class ConcurrentBackend(BaseBackend):
         uid = task["uid"]
         driver.phase = _RUNNING
         transport: asyncio.SubprocessTransport | None = None
-        output = _Output()
+        output = Output()
         grant: Grant | None = None
         try:
             # Held until the group is gone: a GPU is never handed on while its program lives.
             grant = await self._node.acquire(Demand.of(driver.resources))
             driver.phase = _STARTING  # cancel_task now only dooms it (see _cancel_driver)
-            transport = await _spawn(task, output, self._launch_prefix(driver.resources),
+            transport = await spawn(task, output, self._launch_prefix(driver.resources),
                                      self._environment(task, grant))
             if driver.phase is _DOOMED:
                 raise asyncio.CancelledError
@@ -523,21 +523,21 @@ class ConcurrentBackend(BaseBackend):
                     f"task {uid} exceeded its timeout of {task['timeout']} s; its process "
                     "group was killed"
                 )
-            await _end_group(transport, output)
+            await end_group(transport, output)
             code = transport.get_returncode()
         except asyncio.CancelledError:
             # A second cancel_task while the group is being killed must not cut that short.
             driver.phase = _DOOMED
             if transport is not None:
-                await _end_group(transport, output)
+                await end_group(transport, output)
                 task["exit_code"] = transport.get_returncode()
             self._drivers.pop(uid, None)
             self.report([(task, _CANCELED)])
             return
         except Exception as exc:  # e.g. no such executable or cwd: the task fails
             if transport is not None:  # not expected once it started, but nothing may outlive it
-                _signal_group(transport.get_pid(), signal.SIGKILL)
-                _stop_reading(transport)
+                signal_group(transport.get_pid(), signal.SIGKILL)
+                stop_reading(transport)
             self._drivers.pop(uid, None)
             task["exception"] = exc
             task["stderr"] = f"{type(exc).__name__}: {exc}"
@@ -647,7 +647,7 @@ class ConcurrentBackend(BaseBackend):
         for driver in drivers:
             self._cancel_driver(driver)
         if drivers:
-            await asyncio.wait([driver.job for driver in drivers], timeout=_KILL_GRACE + 5)
+            await asyncio.wait([driver.job for driver in drivers], timeout=KILL_GRACE + 5)
         if self._watchdog is not None:
             self._watchdog.cancel()
         if self._markers is not None:
@@ -753,108 +753,6 @@ async def _bounded(coroutine: Any, timeout: float | None) -> Any:
         return await asyncio.wait_for(coroutine, timeout)
     except asyncio.TimeoutError:
         raise TimeoutError(f"the task exceeded its timeout of {timeout} s") from None
-
-
-# After an executable's program has exited and its group has been killed, how long its output is
-# still read. The killed group lets go of the pipes at once; only a process that left the group
-# (its own setsid) can keep them open, and reading must not wait for it.
-_DRAIN = 1.0
-
-
-class _Output(asyncio.SubprocessProtocol):
-    """An executable's stdout and stderr as they arrive, and when its program and its pipes end.
-
-    ``Process.wait()`` cannot tell when the program exits: from Python 3.11 on it also waits for
-    EOF on the pipes, which a child left in the background holds off for as long as it lives.
-    """
-
-    def __init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.stdout = bytearray()
-        self.stderr = bytearray()
-        self.exited: asyncio.Future[None] = loop.create_future()  # the program (group leader)
-        self.closed: asyncio.Future[None] = loop.create_future()  # it exited and both pipes closed
-        self._transport: asyncio.BaseTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        (self.stdout if fd == 1 else self.stderr).extend(data)
-
-    def process_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-        if self._transport is not None:
-            # Everything has ended, so this only marks the transport closed (no ResourceWarning).
-            self._transport.close()
-
-
-async def _spawn(task: Task, output: _Output, launcher: list[str],
-                 env: dict[str, str] | None) -> asyncio.SubprocessTransport:
-    """Start the task's program (under ``launcher``, e.g. ``mpiexec -n 4``, when not empty)."""
-    options = task["task_backend_specific_kwargs"]
-    loop = asyncio.get_running_loop()
-    # capture_stdio=False: None, so the program writes to our own stdout and stderr.
-    pipe = asyncio.subprocess.PIPE if task["capture_stdio"] else None
-    argv = [task["executable"], *task["arguments"]]
-    # stdin=None: the program inherits ours, as before (the loop's own default would be a pipe).
-    if options.get("shell"):
-        command = " ".join([task["executable"], *map(shlex.quote, task["arguments"])])
-        if not launcher:
-            transport, _ = await loop.subprocess_shell(
-                lambda: output, command, stdin=None, stdout=pipe, stderr=pipe,
-                cwd=options.get("cwd"), env=env, start_new_session=True,
-            )
-            return transport
-        argv = ["/bin/sh", "-c", command]  # each rank runs the shell command
-    transport, _ = await loop.subprocess_exec(
-        lambda: output, *launcher, *argv, stdin=None, stdout=pipe,
-        stderr=pipe, cwd=options.get("cwd"), env=env, start_new_session=True,
-    )
-    return transport
-
-
-async def _end_group(transport: asyncio.SubprocessTransport, output: _Output) -> None:
-    """Kill the task's whole process group, then read what is left of its output, at most _DRAIN s.
-
-    The group (pgid == the program's pid, from start_new_session) lives as long as any member
-    does, so killpg still reaches what the program left running after it has exited.
-    """
-    pgid = transport.get_pid()
-    try:
-        if not output.exited.done():
-            # Timed out or cancelled: the program gets a chance to stop cleanly.
-            _signal_group(pgid, signal.SIGTERM)
-            await asyncio.wait((output.exited,), timeout=_KILL_GRACE)
-        # What the program left behind gets no grace: the task it belongs to has ended.
-        _signal_group(pgid, signal.SIGKILL)
-        await asyncio.wait((output.closed,), timeout=_DRAIN)
-    except asyncio.CancelledError:
-        _signal_group(pgid, signal.SIGKILL)  # the event loop is going away: kill without waiting
-        raise
-    finally:
-        _stop_reading(transport)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is empty, or all that is left of it runs as another user
-
-
-def _stop_reading(transport: asyncio.SubprocessTransport) -> None:
-    # Ends the reading even while a process outside the group holds the other ends (its writes
-    # then fail with EPIPE); a no-op for pipes that already reached EOF.
-    for fd in (1, 2):
-        pipe = transport.get_pipe_transport(fd)
-        if pipe is not None:
-            pipe.close()
 
 
 def _run_pickled_chunk(markers: str, chunk_id: int, payload: bytes) -> bytes:
