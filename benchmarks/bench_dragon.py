@@ -8,7 +8,7 @@ The same no-op function goes, in one runtime, through
 
 - rhapsody-dragon (``function_mode="pool"``, the default): ``session.submit_tasks(tasks)`` then
   ``session.wait_tasks(tasks)``;
-- raw Dragon pool: ``dragon.native.Pool(cores).map_async(noop, range(n), chunksize=256)`` (the
+- raw Dragon pool: ``dragon.native.Pool(cores).map_async(noop, range(n), chunksize=1024)`` (the
   same Dragon parts, ProcessGroup and Queues, and the same largest chunk as rhapsody-dragon's);
 - ``ProcessPoolExecutor(cores)`` driven by rhapsody's ``concurrent`` backend (in a child Python
   of this script, started without Dragon's multiprocessing patches, which break
@@ -38,7 +38,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import rhapsody
 
-CHUNK = 256  # rhapsody-dragon's default chunk_size, given to map_async too
+CHUNK = 1024  # rhapsody-dragon's default chunk_size, given to map_async too
 
 
 def noop(i: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import pathlib
 import threading
@@ -16,6 +17,7 @@ from dragon_support import runtime_missing, spinner
 import rhapsody
 from rhapsody import ComputeTask, WorkerLostError
 from rhapsody.testing import workloads
+from rhapsody_dragon.pool import CHUNKS_PER_WORKER
 
 pytestmark = pytest.mark.skipif(bool(runtime_missing()), reason=runtime_missing() or "-")
 
@@ -89,7 +91,8 @@ def test_a_lone_task_goes_out_alone_and_a_burst_in_chunks(dragon: Harness) -> No
         dragon.submit_and_wait(burst)
         assert [t.return_value for t in burst] == [i * i for i in range(3000)]
         assert sum(sizes) == 3000
-        assert max(sizes) == 256 and len(sizes) < 3000 / 50, sizes
+        # 3000 tasks over CHUNKS_PER_WORKER * WORKERS chunks out at a time, then refills.
+        assert max(sizes) == math.ceil(3000 / (CHUNKS_PER_WORKER * WORKERS)) and len(sizes) < 3000 / 50, sizes
     finally:
         pool._send = send
     assert _idle(pool)
@@ -196,7 +199,7 @@ def test_cancel_of_queued_work_never_runs_it(dragon: Harness, tmp_path: pathlib.
         # One blocker per submit: each is a chunk of its own, until every chunk the pool lets
         # out is taken; the late tasks then wait in the pool's backlog.
         blockers = []
-        for _ in range(2 * WORKERS):
+        for _ in range(CHUNKS_PER_WORKER * WORKERS):
             blocker = ComputeTask(function=workloads.sleep, args=(2,))
             await dragon.session.submit_tasks([blocker])
             blockers.append(blocker)

@@ -155,7 +155,7 @@ class DragonBackend(BaseBackend):
         num_nodes: int | None = None,
         pool_nodes: int | None = None,
         workers_per_node: int | None = None,
-        chunk_size: int = 256,
+        chunk_size: int = 1024,
         output_dir: str | Path | None = None,
         disable_telemetry: bool = False,
         shutdown_timeout: float = 30.0,
@@ -364,9 +364,12 @@ class DragonBackend(BaseBackend):
     def _specs(tasks: Sequence[Task]) -> list[ProcessSpec | None]:
         # None for a function task: it needs no process spec.
         specs: list[ProcessSpec | None] = []
+        # A task stores only the fields it was given: an unset one reads None here, without the
+        # cost of its default (this runs per task on the hot path).
+        stored = dict.get
         for task in tasks:
-            if task["function"] is not None:
-                if task["task_backend_specific_kwargs"] or task.get("resources"):
+            if stored(task, "function") is not None:
+                if stored(task, "task_backend_specific_kwargs") or stored(task, "resources"):
                     check_options(task, function=True)
                 specs.append(None)
             else:

@@ -5,8 +5,8 @@ workers that exit) whose workers run :func:`rhapsody_dragon.worker.serve`, a tas
 results ``Queue``. Unlike ``Pool`` it knows, per task, what a dead worker was running (see
 :mod:`rhapsody_dragon.worker`), so a worker death fails one task and the pool keeps running.
 
-Dispatch: submitted tasks wait in a backlog here; at most two chunks per worker are in Dragon's
-hands at a time, each ``ceil(backlog / (2 * workers))`` tasks long (at least 1, at most
+Dispatch: submitted tasks wait in a backlog here; at most four chunks per worker are in Dragon's
+hands at a time, each ``ceil(backlog / (4 * workers))`` tasks long (at least 1, at most
 ``chunk_size``). A lone task on an idle pool therefore goes out at once, alone, and a burst goes
 out in big chunks. Each result sweep of the monitor thread refills what the workers took. Keeping
 the rest here is also what lets ``cancel`` stop a queued task for certain.
@@ -41,7 +41,7 @@ _DONE = "DONE"
 _FAILED = "FAILED"
 _CANCELED = "CANCELED"
 _SWEEP_TIMEOUT_S = 0.05  # how long the monitor blocks on the results queue before looking again
-CHUNKS_PER_WORKER = 2
+CHUNKS_PER_WORKER = 4
 _HOST = socket.gethostname()
 
 
@@ -282,10 +282,12 @@ class FunctionPool:
             chunk_id = next(self._chunk_ids)
             self._chunks[chunk_id] = _Chunk(tids, set(tids))
             entries = []
+            stored = dict.get  # a task stores only the fields it was given (see _specs in backend.py)
             for tid in tids:
                 chunk_of[tid] = chunk_id
                 task = tasks[tid]
-                entries.append((tid, task["timeout"], task["function"], task["args"], task["kwargs"]))
+                entries.append((tid, stored(task, "timeout"), stored(task, "function"), stored(task, "args", ()),
+                                stored(task, "kwargs") or {}))
             outgoing.append((chunk_id, entries))
         return outgoing
 
@@ -357,10 +359,11 @@ class FunctionPool:
         messages: list[Any] = []
         try:
             while not stopping.is_set():
+                # One message per sweep, no draining get(block=False) after it: each call into
+                # Dragon lets go of the GIL, and taking it back from a busy event loop thread can
+                # cost a whole switch interval (5 ms). A message holds a chunk's results.
                 try:
                     messages.append(loads(get(timeout=_SWEEP_TIMEOUT_S)))
-                    while True:
-                        messages.append(loads(get(block=False)))
                 except queue.Empty:
                     pass
                 if not messages:
@@ -392,12 +395,18 @@ class FunctionPool:
                       updates: list[tuple[Task, str]]) -> None:
         loads = pickle.loads
         chunk = self._chunks.get(chunk_id)
+        pending = chunk.pending if chunk is not None else set()
+        tasks_pop, tid_of_pop, chunk_of_pop, solo = self._tasks.pop, self._tid_of.pop, self._chunk_of.pop, self._solo
         for tid, ok, value in results:
-            if chunk is not None:
-                chunk.pending.discard(tid)
-            task = self._forget(tid)
+            # What _forget does, inlined: this runs once per task.
+            pending.discard(tid)
+            chunk_of_pop(tid, None)
+            task = tasks_pop(tid, None)
             if task is None:
                 continue  # cancelled meanwhile
+            tid_of_pop(task["uid"], None)
+            if solo:
+                solo.discard(tid)
             try:
                 result = loads(value)
             except Exception as exc:  # noqa: BLE001 - e.g. the result's class is not importable here
