@@ -9,9 +9,9 @@ never imports it: an owned server runs it in its own process.
 
 from __future__ import annotations
 
-from .backend import VLLMBackend, engine_status, normalize_endpoint
+from .backend import VLLMBackend
 from .errors import EngineDiedError, InferenceError
-from .server import engine_flags
+from .server import engine_flags, engine_status, normalize_endpoint
 
 __all__ = [
     "EngineDiedError",

