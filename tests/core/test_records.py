@@ -163,10 +163,22 @@ def test_records_hear_only_their_own_session(tmp_path: pathlib.Path) -> None:
 
 
 def test_bad_recorders_are_refused(tmp_path: pathlib.Path) -> None:
-    with pytest.raises(TypeError, match="implements no rhapsody hook"):
+    with pytest.raises(TypeError, match="has no rhapsody_task_states_changed"):
         Session(records=[object()])
 
+    class ValidatesOnly:
+        @hookimpl
+        def rhapsody_validate_task(self, task: Any, backend: Any) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="has no rhapsody_task_states_changed"):
+        Session(records=[ValidatesOnly()])
+
     class Misspelt:
+        @hookimpl
+        def rhapsody_task_states_changed(self, tasks: Any) -> None:
+            pass
+
         @hookimpl
         def rhapsody_task_state_changed(self, tasks: Any) -> None:
             pass

@@ -71,7 +71,7 @@ class Session:
 
     Raises:
         ValueError: two backends share a name, or ``records`` holds two journals.
-        TypeError: an item of ``records`` implements no rhapsody hook.
+        TypeError: an item of ``records`` has no ``rhapsody_task_states_changed``.
     """
 
     def __init__(

@@ -26,7 +26,7 @@ class RecordSet:
     """A session's recorders, the journal among them (at most one), and their life cycle.
 
     Raises:
-        TypeError: an item implements no rhapsody hook.
+        TypeError: an item has no ``rhapsody_task_states_changed``.
         ValueError: two journals.
         pluggy.PluginValidationError: an item implements a hook that does not exist, or one with
             the wrong arguments.
@@ -40,10 +40,11 @@ class RecordSet:
             # Given one (records=[Timeline()]: timings and nothing else), it is that one.
             manager.register(Timeline(), name="rhapsody.records.timeline")
         for index, recorder in enumerate(self.recorders):
-            if not any(callable(getattr(recorder, name, None)) and name.startswith("rhapsody_")
-                       for name in dir(recorder)):
-                raise TypeError(f"records: {recorder!r} implements no rhapsody hook (e.g. "
-                                "rhapsody_task_states_changed, decorated with rhapsody.hookimpl)")
+            # The session calls its recorders' rhapsody_task_states_changed only: an object
+            # without one (or with only other hooks) would never hear anything.
+            if not callable(getattr(recorder, "rhapsody_task_states_changed", None)):
+                raise TypeError(f"records: {recorder!r} has no rhapsody_task_states_changed "
+                                "(a method decorated with rhapsody.hookimpl)")
             manager.register(recorder, name=f"records.{index}.{type(recorder).__name__}")
         manager.check_pending()
         journals = [recorder for recorder in self.recorders if isinstance(recorder, Journal)]
