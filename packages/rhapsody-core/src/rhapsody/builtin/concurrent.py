@@ -19,7 +19,6 @@ import inspect
 import itertools
 import multiprocessing.connection
 import os
-import shlex
 import shutil
 import signal
 import threading
@@ -37,9 +36,20 @@ from ..hookspecs import hookimpl
 from ..resources import Resources, resources_of
 from ..states import TaskState
 from ..task import Task
-from .node import GPU_VARIABLES, Demand, Grant, Node, detect_gpus, machine_memory, visible_ids
+from .node import (
+    GPU_VARIABLES,
+    Demand,
+    Grant,
+    Node,
+    check_function_request,
+    declared_gpus,
+    detect_gpus,
+    launcher_command,
+    machine_memory,
+)
+from .pool_worker import bounded, run_pickled_chunk
 from .process_group import KILL_GRACE, Output, end_group, signal_group, spawn, stop_reading
-from .worker_markers import WorkerMarkers, exit_status, mark_chunk, mark_task, worker_marker
+from .worker_markers import WorkerMarkers, exit_status
 
 _DONE, _FAILED, _CANCELED = TaskState.DONE, TaskState.FAILED, TaskState.CANCELED
 _EXECUTABLE_OPTIONS = frozenset({"cwd", "env", "shell"})
@@ -181,10 +191,10 @@ class ConcurrentBackend(BaseBackend):
         self._watchdog: asyncio.Task[None] | None = None
         if cores is None:
             cores = max(os.cpu_count() or 1, max_subprocesses or 1)
-        gpu_ids, gpu_variable = _declared_gpus(gpus) if gpus is not None else detect_gpus()
+        gpu_ids, gpu_variable = declared_gpus(gpus) if gpus is not None else detect_gpus()
         self._node = Node(cores=cores, gpus=gpu_ids, gpu_variable=gpu_variable,
                           memory=memory or machine_memory(), slots=max_subprocesses or cores)
-        self._mpi_launcher = _launcher(mpi_launcher)
+        self._mpi_launcher = launcher_command(mpi_launcher)
         # uid -> its chunk (threads) or the chunk's pool future (processes) until the task starts.
         # Not self.in_flight, on purpose: this is the hottest path of any backend, and one dict
         # store and pop per task cost ~1.6 us where an in_flight entry (an object and a lock)
@@ -230,7 +240,7 @@ class ConcurrentBackend(BaseBackend):
                     self._check_request(task, options)
                 continue
             if task["resources"] is not None:
-                _check_function_request(task)
+                check_function_request(task)
             if options:
                 raise ValueError(
                     f"task {task['uid']}: concurrent takes no task_backend_specific_kwargs for "
@@ -277,11 +287,11 @@ class ConcurrentBackend(BaseBackend):
         markers = self._markers.directory  # type: ignore[union-attr]
         try:
             try:
-                future = self._executor.submit(_run_pickled_chunk, markers, chunk_id, payload)
+                future = self._executor.submit(run_pickled_chunk, markers, chunk_id, payload)
             except BrokenProcessPool as exc:
                 # A worker died since the last submit: this chunk goes to a pool built anew.
                 self._replace_pool(exc)
-                future = self._executor.submit(_run_pickled_chunk, markers, chunk_id, payload)
+                future = self._executor.submit(run_pickled_chunk, markers, chunk_id, payload)
         except RuntimeError as exc:
             # A pool shut down by its owner, or one that cannot be rebuilt: the chunk's tasks
             # fail, the call goes on.
@@ -314,7 +324,7 @@ class ConcurrentBackend(BaseBackend):
             try:
                 value = task["function"](*task["args"], **task["kwargs"])
                 if inspect.iscoroutine(value):
-                    value = asyncio.run(_bounded(value, task["timeout"]))
+                    value = asyncio.run(bounded(value, task["timeout"]))
             except BaseException as exc:  # SystemExit in a task must not lose the chunk
                 task["exception"] = exc
                 report([(task, _FAILED)])
@@ -664,59 +674,6 @@ class ConcurrentBackend(BaseBackend):
                     process.terminate()
 
 
-def _check_function_request(task: Task) -> None:
-    resources = resources_of(task)
-    if resources is None:
-        return
-    beyond = [f"{key}={value}" for key, value, most in (
-        ("ranks", resources.ranks, 1), ("cores_per_rank", resources.cores_per_rank, 1),
-        ("gpus_per_rank", resources.gpus_per_rank, 0),
-        ("memory_per_rank", resources.memory_per_rank, None)) if value != most]
-    if beyond:
-        raise ValueError(
-            f"task {task['uid']}: concurrent runs a function task as one call in one pool "
-            f"worker, which cannot be given resources {', '.join(beyond)}; run the work as an "
-            "executable (its resources are held on the node) or on a backend that places "
-            "functions (e.g. dask)"
-        )
-
-
-def _declared_gpus(gpus: Any) -> tuple[list[str], str]:
-    """The device ids of ``gpus=`` (a count, a list of ids or an ``"0,1"`` string)."""
-    if isinstance(gpus, bool) or not isinstance(gpus, (int, str, Sequence)):
-        raise TypeError(f"concurrent: gpus must be a count or a list of device ids, got {gpus!r}")
-    if isinstance(gpus, int):
-        if gpus < 0:
-            raise ValueError(f"concurrent: gpus must be >= 0, got {gpus!r}")
-        ids = [str(index) for index in range(gpus)]
-    elif isinstance(gpus, str):
-        ids = visible_ids(gpus)
-    else:
-        ids = []
-        for item in gpus:
-            if (isinstance(item, bool) or not isinstance(item, (int, str))
-                    or not str(item).strip() or "," in str(item)):
-                raise TypeError(f"concurrent: gpus holds device ids (str or int), got {item!r}")
-            ids.append(str(item).strip())
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"concurrent: gpus names a device twice: {ids}")
-    return ids, "CUDA_VISIBLE_DEVICES"
-
-
-def _launcher(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        parts = shlex.split(value)
-    elif isinstance(value, Sequence) and all(isinstance(part, str) for part in value):
-        parts = list(value)
-    else:
-        raise TypeError(f"concurrent: mpi_launcher must be a command (str or list of str), got {value!r}")
-    if not parts or not parts[0]:
-        raise ValueError("concurrent: mpi_launcher must name a program, e.g. 'mpiexec'")
-    return parts
-
-
 def _check_executable_options(task: Task, options: dict[str, Any]) -> None:
     unknown = set(options) - _EXECUTABLE_OPTIONS
     if unknown:
@@ -744,50 +701,6 @@ def _pickle_chunk(chunk: list[Task]) -> bytes:
 
 def _chunk_size(count: int, workers: int) -> int:
     return max(1, min(_MAX_CHUNK, count // (workers * 4)))
-
-
-async def _bounded(coroutine: Any, timeout: float | None) -> Any:
-    if timeout is None:
-        return await coroutine
-    try:
-        return await asyncio.wait_for(coroutine, timeout)
-    except asyncio.TimeoutError:
-        raise TimeoutError(f"the task exceeded its timeout of {timeout} s") from None
-
-
-def _run_pickled_chunk(markers: str, chunk_id: int, payload: bytes) -> bytes:
-    """Run a chunk of function calls in a pool process; return (ok, value) pairs, cloudpickled.
-
-    The worker's marker in ``markers`` records which task of the chunk it has started, for the
-    backend to read should this process die.
-    """
-    results: list[tuple[bool, Any]] = []
-    marker = worker_marker(markers)
-    mark_chunk(marker, chunk_id)
-    calls = cloudpickle.loads(payload)
-    for index, (function, args, kwargs, timeout) in enumerate(calls):
-        mark_task(marker, index)
-        try:
-            value = function(*args, **kwargs)
-            if inspect.iscoroutine(value):
-                value = asyncio.run(_bounded(value, timeout))
-            results.append((True, value))
-        except BaseException as exc:  # one task's SystemExit must not lose the chunk
-            results.append((False, exc))
-    mark_task(marker, len(calls))
-    try:
-        return cloudpickle.dumps(results)
-    except Exception:  # fall back item by item so only the bad result fails
-        safe = []
-        for ok, value in results:
-            try:
-                cloudpickle.dumps(value)
-                safe.append((ok, value))
-            except Exception as exc:
-                safe.append((False, RuntimeError(
-                    f"the task's {'result' if ok else 'exception'} {value!r} cannot be pickled "
-                    f"back from the worker process: {exc}")))
-        return cloudpickle.dumps(safe)
 
 
 @hookimpl

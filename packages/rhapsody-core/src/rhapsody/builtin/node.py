@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..resources import Resources
+from ..resources import Resources, resources_of
+from ..task import Task
 
 UNITS = 1000  # one GPU, in the thousandths fractional requests are counted in
 GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
@@ -299,3 +302,66 @@ def _amd_devices() -> int:
                             count += 1
                             break
     return count
+
+
+def declared_gpus(gpus: Any) -> tuple[list[str], str]:
+    """The device ids of ``gpus=`` (a count, a list of ids or an ``"0,1"`` string)."""
+    if isinstance(gpus, bool) or not isinstance(gpus, (int, str, Sequence)):
+        raise TypeError(f"concurrent: gpus must be a count or a list of device ids, got {gpus!r}")
+    if isinstance(gpus, int):
+        if gpus < 0:
+            raise ValueError(f"concurrent: gpus must be >= 0, got {gpus!r}")
+        ids = [str(index) for index in range(gpus)]
+    elif isinstance(gpus, str):
+        ids = visible_ids(gpus)
+    else:
+        ids = []
+        for item in gpus:
+            if (isinstance(item, bool) or not isinstance(item, (int, str))
+                    or not str(item).strip() or "," in str(item)):
+                raise TypeError(f"concurrent: gpus holds device ids (str or int), got {item!r}")
+            ids.append(str(item).strip())
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"concurrent: gpus names a device twice: {ids}")
+    return ids, "CUDA_VISIBLE_DEVICES"
+
+
+def launcher_command(value: Any) -> list[str]:
+    """The ``mpi_launcher=`` option as a command prefix (``[]`` when not given).
+
+    Raises:
+        TypeError, ValueError: not a command (a str, or a list of str, naming a program).
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        parts = shlex.split(value)
+    elif isinstance(value, Sequence) and all(isinstance(part, str) for part in value):
+        parts = list(value)
+    else:
+        raise TypeError(f"concurrent: mpi_launcher must be a command (str or list of str), got {value!r}")
+    if not parts or not parts[0]:
+        raise ValueError("concurrent: mpi_launcher must name a program, e.g. 'mpiexec'")
+    return parts
+
+
+def check_function_request(task: Task) -> None:
+    """Refuse a function task whose ``resources=`` asks for more than one pool worker gives.
+
+    Raises:
+        ValueError: the request names what is beyond one rank and one core, no GPU, no memory.
+    """
+    resources = resources_of(task)
+    if resources is None:
+        return
+    beyond = [f"{key}={value}" for key, value, most in (
+        ("ranks", resources.ranks, 1), ("cores_per_rank", resources.cores_per_rank, 1),
+        ("gpus_per_rank", resources.gpus_per_rank, 0),
+        ("memory_per_rank", resources.memory_per_rank, None)) if value != most]
+    if beyond:
+        raise ValueError(
+            f"task {task['uid']}: concurrent runs a function task as one call in one pool "
+            f"worker, which cannot be given resources {', '.join(beyond)}; run the work as an "
+            "executable (its resources are held on the node) or on a backend that places "
+            "functions (e.g. dask)"
+        )
