@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import pathlib
 import pickle
 import threading
@@ -15,7 +16,7 @@ from typing import Any
 import pluggy
 import pytest
 
-from rhapsody import AITask, ComputeTask, Session, hookimpl
+from rhapsody import AITask, ComputeTask, Session, get_backend, hookimpl
 from rhapsody.records import EventLog, HtmlReport, Journal, OtelSpans
 from rhapsody.records.identity import task_key
 
@@ -121,7 +122,8 @@ def test_event_log_schema(tmp_path: pathlib.Path) -> None:
     by_uid: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         assert event["v"] == 1
-        assert set(event) in (ALWAYS, FINAL), set(event)
+        # worker: only where the backend names it (concurrent does for function tasks).
+        assert set(event) - {"worker"} in (ALWAYS, FINAL), set(event)
         by_uid.setdefault(event["uid"], []).append(event)
     assert set(by_uid) == {task.uid for task in tasks}
     for task in tasks:
@@ -132,6 +134,7 @@ def test_event_log_schema(tmp_path: pathlib.Path) -> None:
         assert final["kind"] == task.kind and final["backend"] == "concurrent"
     raiser = by_uid[tasks[5].uid][-1]
     assert raiser["name"] == "raiser" and raiser["error"] == "ValueError: bad input"
+    assert raiser["worker"].startswith("rhapsody-concurrent_")  # the thread that ran it
     shell = by_uid[tasks[6].uid][-1]
     assert shell["exit_code"] == 7 and shell["error"] == "disk on fire"
     # Greppable as documented.
@@ -388,3 +391,15 @@ def test_live_progress_draws_the_bar_on_its_console() -> None:
     run(run_tasks(tasks, [progress]))
     assert (progress.submitted, progress.ended) == (8, 8)
     assert "8/8" in screen.getvalue() and "tasks" in screen.getvalue()
+
+
+async def test_concurrent_names_the_worker_that_ran_each_function_task() -> None:
+    for options, prefix in (({}, "rhapsody-concurrent_"), ({"processes": 2}, "process ")):
+        async with Session(backends=[get_backend("concurrent", **options)]) as session:
+            tasks = [ComputeTask(function=pow, args=(2, n)) for n in range(20)]
+            await session.submit_tasks(tasks)
+            await session.wait_tasks(tasks)
+            assert all(task.worker.startswith(prefix) for task in tasks), [t.worker for t in tasks]
+            if prefix == "process ":
+                pids = {int(task.worker.split()[1]) for task in tasks}
+                assert os.getpid() not in pids  # the pool's processes, not this one

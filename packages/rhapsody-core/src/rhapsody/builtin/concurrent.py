@@ -317,10 +317,12 @@ class ConcurrentBackend(BaseBackend):
         claim = self._queued.pop
         report = self.report
         value: Any = None
+        worker = threading.current_thread().name  # for run records' lanes
         for task in chunk:
             # Whoever pops the uid first owns the task: this thread (it runs) or cancel_task.
             if claim(task["uid"], None) is None:
                 continue
+            task["worker"] = worker
             try:
                 value = task["function"](*task["args"], **task["kwargs"])
                 if inspect.iscoroutine(value):
@@ -356,7 +358,10 @@ class ConcurrentBackend(BaseBackend):
         for task in chunk:
             release(task["uid"], None)
         updates = []
-        for task, (ok, value) in zip(chunk, cloudpickle.loads(future.result())):
+        pid, outcomes = cloudpickle.loads(future.result())
+        worker = f"process {pid}"  # the pool process that ran the chunk, for run records
+        for task, (ok, value) in zip(chunk, outcomes):
+            task["worker"] = worker
             if ok:
                 task["return_value"] = value
                 updates.append((task, _DONE))

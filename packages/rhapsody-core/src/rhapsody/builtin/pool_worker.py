@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 from typing import Any
 
 import cloudpickle
@@ -31,7 +32,8 @@ async def bounded(coroutine: Any, timeout: float | None) -> Any:
 
 
 def run_pickled_chunk(markers: str, chunk_id: int, payload: bytes) -> bytes:
-    """Run a chunk of function calls in a pool process; return (ok, value) pairs, cloudpickled.
+    """Run a chunk of function calls in a pool process; return this process's pid and the
+    calls' (ok, value) pairs, cloudpickled.
 
     The worker's marker in ``markers`` records which task of the chunk it has started, for the
     backend to read should this process die.
@@ -51,7 +53,7 @@ def run_pickled_chunk(markers: str, chunk_id: int, payload: bytes) -> bytes:
             results.append((False, exc))
     mark_task(marker, len(calls))
     try:
-        return cloudpickle.dumps(results)
+        return cloudpickle.dumps((os.getpid(), results))
     except Exception:  # fall back item by item so only the bad result fails
         safe = []
         for ok, value in results:
@@ -62,4 +64,4 @@ def run_pickled_chunk(markers: str, chunk_id: int, payload: bytes) -> bytes:
                 safe.append((False, RuntimeError(
                     f"the task's {'result' if ok else 'exception'} {value!r} cannot be pickled "
                     f"back from the worker process: {exc}")))
-        return cloudpickle.dumps(safe)
+        return cloudpickle.dumps((os.getpid(), safe))
