@@ -1,18 +1,14 @@
 """`rhapsody run --report/--events/--journal` as a user runs it (a real subprocess), the names
-YAML entries get, a clear error for an output in a folder that does not exist, and the Dask
-dashboard link printed when the backend's own cluster serves one (where rhapsody-dask is
-installed)."""
+YAML entries get, and a clear error for an output in a folder that does not exist. (The Dask dashboard
+link: tests/dask/test_records_cli.py.)"""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
 import subprocess
 import sys
-
-import pytest
 
 
 def rhapsody_run(tmp_path: pathlib.Path, *arguments: str, plugins: str = "") -> subprocess.CompletedProcess[str]:
@@ -47,16 +43,3 @@ def test_an_output_in_a_missing_folder_is_a_clear_error(tmp_path: pathlib.Path) 
     assert result.returncode == 2
     assert "nowhere/run.journal: its folder nowhere does not exist" in result.stderr
     assert not (tmp_path / "nowhere").exists()
-
-
-@pytest.mark.skipif(importlib.util.find_spec("rhapsody_dask") is None,
-                    reason="rhapsody-dask is not installed here (tests-dask installs it)")
-def test_the_dask_dashboard_link_is_printed(tmp_path: pathlib.Path) -> None:
-    (tmp_path / "tasks.yaml").write_text("- /bin/true\n")
-    options = json.dumps({"dashboard_address": "127.0.0.1:0"})
-    result = rhapsody_run(tmp_path, "tasks.yaml", "-b", "dask", "-o", "n_workers=1",
-                          "-o", f"cluster_options={options}", plugins="dask")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "rhapsody: dask dashboard: http://127.0.0.1:" in result.stderr, result.stderr
-    plain = rhapsody_run(tmp_path, "tasks.yaml", "-b", "dask", "-o", "n_workers=1", plugins="dask")
-    assert plain.returncode == 0 and "dashboard" not in plain.stderr
