@@ -114,8 +114,11 @@ class FunctionPool:
         from dragon.native.process_group import ProcessGroup
         from dragon.native.queue import Queue
 
-        self._tasks_queue = Queue()
-        self._results_queue = Queue()
+        # Room for every chunk the pool lets out plus one STOP per worker, so that a put never
+        # waits for a worker (Dragon's default is 100 items; a big pool has more chunks out).
+        capacity = (CHUNKS_PER_WORKER + 1) * self.workers + 16
+        self._tasks_queue = Queue(maxsize=capacity)
+        self._results_queue = Queue(maxsize=capacity)
         group = ProcessGroup(restart=True, ignore_error_on_exit=True)
         slot = 0
         for host in self._hosts:
@@ -147,8 +150,8 @@ class FunctionPool:
         self._monitor.start()
 
     def close(self, patience: float = 5.0) -> list[Task]:
-        """Stop the workers (what runs is killed) and return the tasks still held, for the caller
-        to end ``CANCELED``. Bounded: about ``3 * patience`` + 5 s."""
+        """Stop the workers (what runs is killed) and return the tasks still held (the session
+        ends them ``CANCELED``). Bounded: about ``3 * patience`` + 5 s."""
         self._stopping.set()
         if self._monitor is not None:
             self._monitor.join(5.0)
