@@ -6,6 +6,7 @@ import asyncio
 import math
 import os
 import pathlib
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -278,6 +279,36 @@ def test_functions_and_executables_in_one_session(dragon: Harness, tmp_path: pat
     more = [ComputeTask(function=workloads.square, args=(i,)) for i in range(500)]
     dragon.submit_and_wait(more)
     assert [t.return_value for t in more] == [i * i for i in range(500)]
+
+
+def test_a_worker_dragon_does_not_replace_fails_its_task_after_a_grace(dragon: Harness) -> None:
+    # Next to last: from here on Dragon restarts no worker of the module's pool.
+    from rhapsody_dragon.pool import REPLACEMENT_GRACE_S
+    from rhapsody_dragon.worker import progress_path, read_progress
+
+    pool = dragon.backend._pool
+    pool._group.stop_restart()
+    doomed = ComputeTask(function=spinner(120), retries=0)
+
+    async def body() -> int:
+        await dragon.session.submit_tasks([doomed])
+        while True:  # bounded by dragon.run's timeout
+            for slot_id in list(pool._slots):
+                _chunk, position, pid = read_progress(progress_path(pool._progress_dir, slot_id))
+                if position:
+                    return pid
+            await asyncio.sleep(0.05)
+
+    os.kill(dragon.run(body(), timeout=60), signal.SIGKILL)
+    started = time.monotonic()
+    others = [ComputeTask(function=workloads.add, args=(i, 1)) for i in range(20)]
+    dragon.submit_and_wait(others, timeout=60)
+    dragon.run(dragon.session.wait_tasks([doomed], timeout=60), timeout=70)
+    assert REPLACEMENT_GRACE_S <= time.monotonic() - started < REPLACEMENT_GRACE_S + 30
+    assert doomed.state == "FAILED" and isinstance(doomed.exception, WorkerLostError), doomed.exception
+    assert [t.return_value for t in others] == [i + 1 for i in range(20)]
+    assert len(pool._slots) == WORKERS - 1
+    assert _idle(pool)
 
 
 def test_close_stops_running_functions_and_removes_the_progress_files(dragon: Harness) -> None:

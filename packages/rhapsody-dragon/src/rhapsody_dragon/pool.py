@@ -34,6 +34,7 @@ from typing import Any
 import cloudpickle
 
 from rhapsody import Task, WorkerLostError
+from rhapsody.builtin.worker_markers import exit_status
 
 from .worker import STOP, progress_path, read_progress, serve
 
@@ -42,6 +43,10 @@ _FAILED = "FAILED"
 _CANCELED = "CANCELED"
 _SWEEP_TIMEOUT_S = 0.05  # how long the monitor blocks on the results queue before looking again
 CHUNKS_PER_WORKER = 4
+# While chunks are out, how often the monitor looks for dead workers on this node, and how long
+# it leaves Dragon to start a replacement before it handles the loss itself.
+_LIVENESS_INTERVAL_S = 1.0
+REPLACEMENT_GRACE_S = 10.0
 _HOST = socket.gethostname()
 
 
@@ -59,6 +64,7 @@ class _Slot:
     host: str
     pid: int
     replaced: int = 0  # how many of its workers died
+    gone_since: float | None = None  # when its process was first seen dead (this node only)
 
 
 class FunctionPool:
@@ -360,6 +366,8 @@ class FunctionPool:
         loads = pickle.loads
         stopping = self._stopping
         messages: list[Any] = []
+        monotonic = time.monotonic
+        next_look = monotonic() + _LIVENESS_INTERVAL_S
         try:
             while not stopping.is_set():
                 # One message per sweep, no draining get(block=False) after it: each call into
@@ -369,10 +377,15 @@ class FunctionPool:
                     messages.append(loads(get(timeout=_SWEEP_TIMEOUT_S)))
                 except queue.Empty:
                     pass
-                if not messages:
+                now = monotonic()
+                look = now >= next_look and bool(self._chunks)
+                if not (messages or look):
                     continue
                 updates: list[tuple[Task, str]] = []
                 with self._lock:
+                    if look:
+                        next_look = now + _LIVENESS_INTERVAL_S
+                        self._reap_unreplaced(now, updates)
                     for message in messages:
                         if message[0] == "done":
                             self._take_results(message[1], message[2], message[3], updates)
@@ -450,6 +463,28 @@ class FunctionPool:
                         updates: list[tuple[Task, str]]) -> None:
         previous = self._slots.get(slot_id)
         self._slots[slot_id] = _Slot(host, pid, previous.replaced + 1 if previous else 0)
+        self._take_loss(slot_id, host, lost, updates)
+
+    def _reap_unreplaced(self, now: float, updates: list[tuple[Task, str]]) -> None:
+        """Handle, as its replacement would, the loss of a worker on this node that Dragon has
+        not replaced within REPLACEMENT_GRACE_S (its progress file is readable here)."""
+        for slot_id, slot in list(self._slots.items()):
+            if slot.host != _HOST or not exit_status(slot.pid)[0]:
+                slot.gone_since = None
+                continue
+            if slot.gone_since is None:
+                slot.gone_since = now
+            elif now - slot.gone_since >= REPLACEMENT_GRACE_S:
+                # A replacement that still comes reads the same file; the chunk is gone by then.
+                del self._slots[slot_id]
+                self._take_loss(slot_id, slot.host, read_progress(progress_path(self._progress_dir, slot_id)),
+                                updates)
+        if not self._slots and self._tasks:
+            raise RuntimeError("every pool worker died and Dragon started none in their place")
+
+    def _take_loss(self, slot_id: int, host: str, lost: tuple[int, int, int],
+                   updates: list[tuple[Task, str]]) -> None:
+        """What a dead worker of ``slot_id`` leaves: its task fails as lost, its chunk runs again."""
         killed = slot_id in self._killed
         self._killed.discard(slot_id)
         chunk_id, position, dead_pid = lost
