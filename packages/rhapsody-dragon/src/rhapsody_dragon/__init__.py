@@ -1,4 +1,4 @@
-"""rhapsody-dragon: a streaming rhapsody backend on ``dragon.workflows.batch``.
+"""rhapsody-dragon: a rhapsody backend on Dragon (a worker pool for functions, ``dragon.workflows.batch`` for the rest).
 
 Importing this package never imports Dragon; the backend does that when it starts.
 """
