@@ -179,7 +179,8 @@ def _radical_execution_backend() -> type[BaseBackend]:
 
 
 _ENGINE_ONLY = "RHAPSODY's Dragon V1/V2 backends (process groups and a DDict per backend) were " \
-    "replaced by the streaming Batch backend"
+    "replaced by one backend whose function tasks run on a pool of long-lived Dragon workers " \
+    "(V2's model) and whose executables and MPI jobs run on the streaming Batch"
 
 _OLD_NAMES: dict[str, _Renamed | _Refused] = {
     "ConcurrentExecutionBackend": _Renamed(
