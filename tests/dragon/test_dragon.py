@@ -68,7 +68,7 @@ def test_monitor_starts_on_first_submit_and_keeps_nothing(dragon: Harness) -> No
     assert [t.return_value for t in tasks] == [i * i for i in range(12)]
     # Every completion was handed over, in batches (one report per monitor sweep).
     assert sum(sizes) == 12 and len(sizes) <= 12
-    assert backend._registry == {} and backend._tuid_of == {} and backend._cancelled == set()
+    assert len(backend.in_flight) == 0
     # Results were popped from Batch's results DDict, not left in it.
     assert len(backend._batch.results_ddict) == 0
 
@@ -185,8 +185,8 @@ def test_cancel_running_function(dragon: Harness) -> None:
     assert task.state == "CANCELED"
 
     async def drained() -> None:
-        # The cancelled uid leaves the set once Dragon's late completion has been dropped.
-        while dragon.backend._cancelled or dragon.backend._registry:
+        # The cancelled task leaves in_flight once Dragon's late completion has been dropped.
+        while dragon.backend.in_flight:
             await asyncio.sleep(0.05)
 
     dragon.run(drained(), timeout=60)

@@ -191,14 +191,11 @@ class DragonBackend(BaseBackend):
         self._hostnames: frozenset[str] = frozenset()
         self._ddicts: list[Any] = []
 
-        # tuid -> entry, and rhapsody uid -> tuid, for the tasks Dragon still holds.
-        self._registry: dict[str, _Entry] = {}
-        self._tuid_of: dict[str, str] = {}
-        # tuids whose cancellation Dragon accepted; each leaves once its completion is handled.
-        self._cancelled: set[str] = set()
-        # Held while a submit registers tasks and while the monitor takes entries, so the monitor
-        # never sees a tuid before its entry exists.
-        self._lock = threading.Lock()
+        # The Batch's tasks live in self.in_flight under their Dragon tuid, their _Entry as the
+        # handle; a cancelled one stays there (cancelling) until the monitor drops its result.
+        # Its lock is held while a submit registers tasks and while the monitor takes entries,
+        # so the monitor never sees a tuid before its entry exists.
+        self._lock = self.in_flight.lock
         self._monitor_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._broken: BaseException | None = None
@@ -306,10 +303,7 @@ class DragonBackend(BaseBackend):
             if self._batch is not None:
                 await asyncio.to_thread(self._stop_batch)
         finally:
-            with self._lock:
-                self._registry.clear()
-                self._tuid_of.clear()
-                self._cancelled.clear()
+            self.in_flight.pop_all()
             if self._own_output_dir and self._output_dir is not None:
                 shutil.rmtree(self._output_dir, ignore_errors=True)
 
@@ -318,7 +312,7 @@ class DragonBackend(BaseBackend):
         # Tasks that still run are stopped as cancel_task stops them, so that the Batch can wind
         # down through join(): terminate() with work in flight has brought the whole Dragon
         # runtime down ("fatal exception") on a loaded 2-core machine. Bounded as a whole.
-        entries = list(self._registry.values())
+        entries = [held.handle for held in self.in_flight]
         for entry in entries:
             _kill_group(entry)
         deadline = time.monotonic() + min(10.0, self._shutdown_timeout)
@@ -409,8 +403,7 @@ class DragonBackend(BaseBackend):
 
         unplaceable: list[tuple[Task, str]] = []
         with self._lock:
-            registry = self._registry
-            tuid_of = self._tuid_of
+            add = self.in_flight.add
             plain = self._plain_submitter
             for task, spec in zip(tasks, specs):
                 timeout = task["timeout"]
@@ -419,8 +412,7 @@ class DragonBackend(BaseBackend):
                     watch = self._output_dir / f"{next(self._file_counter)}.worker"  # type: ignore[operator]
                     handle = submitter.function(_run_watched, str(watch), task["function"],
                                                 task["args"], task["kwargs"])
-                    registry[handle.uid] = _Entry(task, handle, watch_path=watch)
-                    tuid_of[task["uid"]] = handle.uid
+                    add(task, key=handle.uid, handle=_Entry(task, handle, watch_path=watch))
                     continue
                 problem = self._placement_problem(spec)
                 if problem:
@@ -443,8 +435,7 @@ class DragonBackend(BaseBackend):
                 else:
                     # The runner enforces the timeout and kills the program's process group.
                     handle = batch.options(stdout=str(out), stderr=str(err)).process(templates[0][1])
-                registry[handle.uid] = _Entry(task, handle, out, err, pid)
-                tuid_of[task["uid"]] = handle.uid
+                add(task, key=handle.uid, handle=_Entry(task, handle, out, err, pid))
         if self._monitor_thread is None:
             self._monitor_thread = threading.Thread(target=self._monitor, name="rhapsody-dragon-monitor",
                                                     daemon=True)
@@ -477,10 +468,8 @@ class DragonBackend(BaseBackend):
         chosen_manager = _compat.chosen_manager
         choose_manager = _compat.manager_chooser(results)
         lock = self._lock
-        registry = self._registry
+        registry = self.in_flight
         registry_pop = registry.pop
-        tuid_of_pop = self._tuid_of.pop
-        cancelled = self._cancelled
         forget_task = _compat.task_log_forgetter(batch)
         stopping = self._stopping
         from dragon.workflows.batch import TaskCancelledError
@@ -488,6 +477,7 @@ class DragonBackend(BaseBackend):
         # Entries taken from the registry and results found in the current sweep: if Dragon fails
         # mid-sweep, they are still reported.
         taken: dict[str, _Entry] = {}
+        cancelled: set[str] = set()  # tuids of taken entries whose task cancel_task reported
         updates: list[tuple[Task, str]] = []
         monotonic = time.monotonic
         next_listing = 0.0
@@ -517,10 +507,11 @@ class DragonBackend(BaseBackend):
                     continue
                 with lock:
                     for tuid in ready:
-                        entry = registry_pop(tuid, None)
-                        if entry is not None:
-                            taken[tuid] = entry
-                            tuid_of_pop(entry.task["uid"], None)
+                        held = registry_pop(tuid)
+                        if held is not None:
+                            taken[tuid] = held.handle
+                            if held.cancelling:
+                                cancelled.add(tuid)
                 # The results DDict client is shared with Batch's own Task.get(): hold its lock and
                 # aim each pop at the shard the task's result was written to.
                 with results_lock:
@@ -544,14 +535,13 @@ class DragonBackend(BaseBackend):
                     updates = []
         except BaseException as exc:  # noqa: BLE001 - every task still held must end, never hang
             self._broken = exc
-            with lock:
-                left = list(self._registry.values())
-                self._registry.clear()
-                self._tuid_of.clear()
-                cancelled.clear()
+            # Tasks being cancelled were reported CANCELED already.
+            left = [held.handle for held in registry.pop_all() if not held.cancelling]
+            left += [entry for tuid, entry in taken.items() if tuid not in cancelled]
+            taken.clear()
             finished = {id(task) for task, _ in updates}
-            left += [entry for entry in taken.values()
-                     if id(entry.task) not in finished and entry.task["state"] not in _ENDED]
+            left = [entry for entry in left
+                    if id(entry.task) not in finished and entry.task["state"] not in _ENDED]
             reason = str(exc) if isinstance(exc, _BatchStalled) else repr(exc)
             for entry in left:
                 entry.task["exception"] = RuntimeError(f"dragon: the Batch failed: {reason}")
@@ -561,10 +551,9 @@ class DragonBackend(BaseBackend):
 
     def _fail_lost_functions(self) -> None:
         """Fail (as WorkerLostError) the function tasks whose worker process on this host died."""
-        with self._lock:
-            # A task being cancelled may see its worker stopped: it ends CANCELED, not lost.
-            watched = [(tuid, entry) for tuid, entry in self._registry.items()
-                       if entry.watch_path is not None and tuid not in self._cancelled]
+        # A task being cancelled may see its worker stopped: it ends CANCELED, not lost.
+        watched = [(held.key, held.handle) for held in self.in_flight
+                   if held.handle.watch_path is not None and not held.cancelling]
         lost: list[tuple[Task, str]] = []
         for tuid, entry in watched:
             try:
@@ -578,13 +567,13 @@ class DragonBackend(BaseBackend):
             if not dead:
                 continue
             with self._lock:
-                if tuid in self._cancelled or self._registry.pop(tuid, None) is None:
+                held = self.in_flight.get(tuid)
+                if held is None or held.cancelling or self.in_flight.pop(tuid) is None:
                     continue  # cancelled, or its result was taken meanwhile
-                self._tuid_of.pop(entry.task["uid"], None)
             entry.watch_path.unlink(missing_ok=True)  # type: ignore[union-attr]
-            entry.task["exception"] = WorkerLostError(entry.task["uid"], f"Dragon worker process {pid}", code)
-            # Not retried: this Batch runs nothing more (below), and a retry could only fail.
-            entry.task["retries"] = entry.task["retried"]
+            # Not retryable: this Batch runs nothing more (below), and a retry could only fail.
+            entry.task["exception"] = WorkerLostError(
+                entry.task["uid"], f"Dragon worker process {pid}", code, retryable=False)
             lost.append((entry.task, _FAILED))
         if lost:
             self.report(lost)
@@ -640,13 +629,11 @@ class DragonBackend(BaseBackend):
         pool = self._pool
         if pool is not None and pool.holds(task):
             return await asyncio.to_thread(pool.cancel, task)
-        tuid = self._tuid_of.get(task["uid"])
-        with self._lock:
-            entry = self._registry.get(tuid) if tuid is not None else None
-            if entry is None:
-                return False
-            # From here on the monitor drops this task's completion instead of reporting it.
-            self._cancelled.add(tuid)  # type: ignore[arg-type]
+        # From here on the monitor drops this task's completion instead of reporting it.
+        held = self.in_flight.cancel(task)
+        if held is None:
+            return False
+        entry = held.handle
         # Dragon 0.15 cannot stop a running process whose children live on: kill the group.
         _kill_group(entry)
         await asyncio.to_thread(_cancel_in_dragon, entry, min(10.0, self._shutdown_timeout))
