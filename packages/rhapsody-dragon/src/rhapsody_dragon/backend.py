@@ -18,13 +18,9 @@ Must run inside a Dragon runtime: start the program with the ``dragon`` launcher
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import math
-import os
 import shutil
-import signal
-import socket
 import tempfile
 import threading
 import time
@@ -36,6 +32,17 @@ from rhapsody import BaseBackend, Task, WorkerLostError
 from rhapsody.builtin.worker_markers import exit_status
 
 from . import _compat
+from .batch_task import (
+    HOST,
+    BatchEntry,
+    cancel_in_dragon,
+    collect_output,
+    drop_output,
+    drop_pid,
+    kill_group,
+    run_watched,
+    timed_out,
+)
 from .pool import FunctionPool
 from .runner import TIMED_OUT
 from .templates import ProcessSpec, build_templates, check_options, find_program
@@ -51,51 +58,11 @@ _LISTING_INTERVAL_S = 0.2
 
 
 _LIVENESS_INTERVAL_S = 1.0  # how often the monitor looks for function tasks whose worker died
-_HOST = socket.gethostname()
 FUNCTION_MODES = ("pool", "batch")
-
-
-def _run_watched(watch_path: str, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Runs a function task on a Dragon worker, leaving ``HOST PID`` in ``watch_path`` meanwhile.
-
-    A worker process that dies in the middle of a function (``os._exit``, a signal, a crash in C
-    code) returns no result and Batch never says so: the file it leaves behind, naming a process
-    that no longer exists, is how the monitor finds the task lost. ``async def`` functions are
-    awaited here too (Dragon workers only call plain functions).
-    """
-    try:
-        with open(watch_path, "w") as file:
-            file.write(f"{_HOST} {os.getpid()}")
-    except OSError:
-        pass  # e.g. a node that does not share the directory: the task runs unwatched
-    try:
-        value = function(*args, **kwargs)
-        return asyncio.run(value) if inspect.iscoroutine(value) else value
-    finally:
-        try:
-            os.unlink(watch_path)
-        except OSError:
-            pass
 
 
 class _BatchStalled(RuntimeError):
     """A worker of the Batch died: the Batch will run nothing more (see _fail_lost_functions)."""
-
-
-class _Entry:
-    """What the monitor needs about one in-flight task; dropped when the task ends."""
-
-    __slots__ = ("task", "handle", "stdout_path", "stderr_path", "pid_path", "watch_path")
-
-    def __init__(self, task: Task, handle: Any, stdout_path: Path | None = None,
-                 stderr_path: Path | None = None, pid_path: Path | None = None,
-                 watch_path: Path | None = None) -> None:
-        self.task = task
-        self.handle = handle
-        self.stdout_path = stdout_path
-        self.stderr_path = stderr_path
-        self.pid_path = pid_path  # an executable's process group (see runner.py)
-        self.watch_path = watch_path  # a function's worker while it runs (see _run_watched)
 
 
 class DragonBackend(BaseBackend):
@@ -191,7 +158,7 @@ class DragonBackend(BaseBackend):
         self._hostnames: frozenset[str] = frozenset()
         self._ddicts: list[Any] = []
 
-        # The Batch's tasks live in self.in_flight under their Dragon tuid, their _Entry as the
+        # The Batch's tasks live in self.in_flight under their Dragon tuid, their BatchEntry as the
         # handle; a cancelled one stays there (cancelling) until the monitor drops its result.
         # Its lock is held while a submit registers tasks and while the monitor takes entries,
         # so the monitor never sees a tuid before its entry exists.
@@ -314,10 +281,10 @@ class DragonBackend(BaseBackend):
         # runtime down ("fatal exception") on a loaded 2-core machine. Bounded as a whole.
         entries = [held.handle for held in self.in_flight]
         for entry in entries:
-            _kill_group(entry)
+            kill_group(entry)
         deadline = time.monotonic() + min(10.0, self._shutdown_timeout)
         for entry in entries:
-            _cancel_in_dragon(entry, min(deadline - time.monotonic(), 5.0))
+            cancel_in_dragon(entry, min(deadline - time.monotonic(), 5.0))
         joined, failure = self._join(batch) if self._broken is None else (False, None)
         if joined:
             return
@@ -410,9 +377,9 @@ class DragonBackend(BaseBackend):
                 if spec is None:
                     submitter = plain if timeout is None else batch.options(timeout=timeout)
                     watch = self._output_dir / f"{next(self._file_counter)}.worker"  # type: ignore[operator]
-                    handle = submitter.function(_run_watched, str(watch), task["function"],
+                    handle = submitter.function(run_watched, str(watch), task["function"],
                                                 task["args"], task["kwargs"])
-                    add(task, key=handle.uid, handle=_Entry(task, handle, watch_path=watch))
+                    add(task, key=handle.uid, handle=BatchEntry(task, handle, watch_path=watch))
                     continue
                 problem = self._placement_problem(spec)
                 if problem:
@@ -435,7 +402,7 @@ class DragonBackend(BaseBackend):
                 else:
                     # The runner enforces the timeout and kills the program's process group.
                     handle = batch.options(stdout=str(out), stderr=str(err)).process(templates[0][1])
-                add(task, key=handle.uid, handle=_Entry(task, handle, out, err, pid))
+                add(task, key=handle.uid, handle=BatchEntry(task, handle, out, err, pid))
         if self._monitor_thread is None:
             self._monitor_thread = threading.Thread(target=self._monitor, name="rhapsody-dragon-monitor",
                                                     daemon=True)
@@ -476,7 +443,7 @@ class DragonBackend(BaseBackend):
 
         # Entries taken from the registry and results found in the current sweep: if Dragon fails
         # mid-sweep, they are still reported.
-        taken: dict[str, _Entry] = {}
+        taken: dict[str, BatchEntry] = {}
         cancelled: set[str] = set()  # tuids of taken entries whose task cancel_task reported
         updates: list[tuple[Task, str]] = []
         monotonic = time.monotonic
@@ -524,7 +491,7 @@ class DragonBackend(BaseBackend):
                             if tuid in cancelled:
                                 # Reported CANCELED by cancel_task already.
                                 cancelled.discard(tuid)
-                                _drop_output(entry)
+                                drop_output(entry)
                                 continue
                             updates.append(self._finish(entry, value, raised, TaskCancelledError))
                     finally:
@@ -561,7 +528,7 @@ class DragonBackend(BaseBackend):
                 pid = int(pid_text)
             except (OSError, ValueError):
                 continue  # not started yet, ended, or being written
-            if host != _HOST:
+            if host != HOST:
                 continue  # another node's process: not ours to look at
             dead, code = exit_status(pid)
             if not dead:
@@ -588,17 +555,17 @@ class DragonBackend(BaseBackend):
             )
 
     @staticmethod
-    def _finish(entry: _Entry, value: Any, raised: bool,
+    def _finish(entry: BatchEntry, value: Any, raised: bool,
                 cancelled_error: type[BaseException]) -> tuple[Task, str]:
         task = entry.task
         if raised and isinstance(value, cancelled_error):
-            _drop_output(entry)
+            drop_output(entry)
             return task, _CANCELED
         if raised:
             task["exception"] = value if isinstance(value, BaseException) else RuntimeError(str(value))
             if entry.stdout_path is not None:
-                _collect_output(task, entry)
-                _drop_pid(entry)
+                collect_output(task, entry)
+                drop_pid(entry)
             return task, _FAILED
         if entry.stdout_path is None:
             task["return_value"] = value
@@ -606,15 +573,15 @@ class DragonBackend(BaseBackend):
         # A process returns its exit code, a job one per rank: the first failing rank's counts.
         code = value if isinstance(value, int) else next((c for c in value if c), 0)
         task["exit_code"] = code
-        _collect_output(task, entry)
+        collect_output(task, entry)
         if code == 0:
-            _drop_pid(entry)
+            drop_pid(entry)
             return task, _DONE
-        if code == TIMED_OUT and _timed_out(entry):
+        if code == TIMED_OUT and timed_out(entry):
             task["exception"] = TimeoutError(
                 f"task {task['uid']} exceeded its timeout of {task['timeout']} s; its process group was killed"
             )
-        _drop_pid(entry)
+        drop_pid(entry)
         return task, _FAILED
 
     # -- cancel, fence, DDicts ---------------------------------------------------------------
@@ -635,8 +602,8 @@ class DragonBackend(BaseBackend):
             return False
         entry = held.handle
         # Dragon 0.15 cannot stop a running process whose children live on: kill the group.
-        _kill_group(entry)
-        await asyncio.to_thread(_cancel_in_dragon, entry, min(10.0, self._shutdown_timeout))
+        kill_group(entry)
+        await asyncio.to_thread(cancel_in_dragon, entry, min(10.0, self._shutdown_timeout))
         self.report([(task, _CANCELED)])
         return True
 
@@ -682,61 +649,6 @@ class DragonBackend(BaseBackend):
         ddict = await asyncio.to_thread(DDict, managers_per_node, n_nodes, total_mem, **options)
         self._ddicts.append(ddict)
         return ddict
-
-
-def _cancel_in_dragon(entry: _Entry, timeout: float) -> None:
-    """Ask Dragon to cancel a task (queued: it never starts; running: its worker stops it)."""
-    if timeout <= 0:
-        return
-    try:
-        entry.handle.cancel(timeout)
-    except Exception:  # noqa: BLE001 - a lost cancel reply still leaves the task cancelled here
-        pass
-
-
-def _kill_group(entry: _Entry) -> None:
-    # The runner writes its program's process group id once the program has started (same
-    # node only: on other nodes the pid file is not readable here or names another process).
-    if entry.pid_path is None:
-        return
-    try:
-        pgid = int(entry.pid_path.read_text())
-        os.killpg(pgid, signal.SIGKILL)
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-        pass
-
-
-def _timed_out(entry: _Entry) -> bool:
-    return entry.pid_path is not None and entry.pid_path.with_suffix(".pid.timeout").exists()
-
-
-def _drop_pid(entry: _Entry) -> None:
-    if entry.pid_path is not None:
-        entry.pid_path.unlink(missing_ok=True)
-        entry.pid_path.with_suffix(".pid.timeout").unlink(missing_ok=True)
-
-
-def _collect_output(task: Task, entry: _Entry) -> None:
-    task["stdout"] = _read_and_remove(entry.stdout_path)
-    task["stderr"] = _read_and_remove(entry.stderr_path)
-
-
-def _drop_output(entry: _Entry) -> None:
-    if entry.stdout_path is not None:
-        entry.stdout_path.unlink(missing_ok=True)
-        entry.stderr_path.unlink(missing_ok=True)  # type: ignore[union-attr]
-    _drop_pid(entry)
-
-
-def _read_and_remove(path: Path | None) -> str:
-    if path is None:
-        return ""
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""
-    path.unlink(missing_ok=True)
-    return text
 
 
 def _require_dragon_runtime() -> None:
