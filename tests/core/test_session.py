@@ -582,7 +582,7 @@ async def test_nothing_is_kept_per_task_after_it_ends() -> None:
         assert await session.cancel_task(tasks[-1])
         await session.wait_tasks(tasks, timeout=NO_HANG)
         assert session.in_flight == 0
-        assert backend._queued == {} and backend._drivers == {}
+        assert backend._queued == {} and len(backend.in_flight) == 0
         refs = [weakref.ref(t) for t in tasks]
         del tasks
         assert await still_alive(refs) == []
@@ -734,12 +734,12 @@ async def test_cancel_before_an_executable_driver_first_runs(tmp_path: pathlib.P
         await asyncio.sleep(0.5)
         assert not marker.exists(), "a task cancelled before it started must never run"
         backend = session.backends["concurrent"]
-        assert backend._drivers == {}
+        assert len(backend.in_flight) == 0
 
 
 def starting(backend: ConcurrentBackend, task: ComputeTask) -> bool:
-    driver = backend._drivers.get(task.uid)
-    return driver is not None and driver.phase == "starting"
+    held = backend.in_flight.get(task.uid)
+    return held is not None and held.handle.phase == "starting"
 
 
 async def test_cancel_while_the_program_starts_kills_all_it_started(tmp_path: pathlib.Path) -> None:
@@ -758,7 +758,7 @@ async def test_cancel_while_the_program_starts_kills_all_it_started(tmp_path: pa
         assert await session.cancel_task(task) is True
         await session.wait_tasks([task], timeout=NO_HANG)
         assert task.state == "CANCELED"
-        assert backend._drivers == {}
+        assert len(backend.in_flight) == 0
         if pid_file.exists() and pid_file.read_text().strip():
             await until_gone(int(pid_file.read_text()))
         await asyncio.sleep(0.2)
