@@ -168,8 +168,12 @@ class Task(dict):  # type: ignore[type-arg]
     # Every field of the task kind and the value it reads as while not stored.
     _defaults: ClassVar[dict[str, Any]] = {}
 
+    def _default(self, key: str, fallback: Any) -> Any:
+        # What an unset field reads as (``fallback`` for a key that is no field of the kind).
+        return self._defaults.get(key, fallback)
+
     def __missing__(self, key: str) -> Any:
-        value = self._defaults.get(key, _MISSING)
+        value = self._default(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
         return value
@@ -178,7 +182,7 @@ class Task(dict):  # type: ignore[type-arg]
         """``task[key]`` for a field of the task kind; ``default`` for any other missing key."""
         value = dict.get(self, key, _MISSING)
         if value is _MISSING:
-            return self._defaults.get(key, default)
+            return self._default(key, default)
         return value
 
     # Attribute access maps onto the dict, so ``task.state`` and ``task["state"]`` are one value.
@@ -593,21 +597,10 @@ class ComputeTask(Task):
     # A function task writes to no stream of its own: its stdout and stderr read "" (RHAPSODY's
     # result contract), an executable's None until it ran. Decided when the field is read, so
     # that no task stores them: only unset fields come here.
-    def __missing__(self, key: str) -> Any:
-        value = self._defaults.get(key, _MISSING)
+    def _default(self, key: str, fallback: Any) -> Any:
+        value = self._defaults.get(key, fallback)
         if value is None and key in _STDIO and "function" in self:
             return ""
-        if value is _MISSING:
-            raise KeyError(key)
-        return value
-
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        """``task[key]`` for a field of the task kind; ``default`` for any other missing key."""
-        value = dict.get(self, key, _MISSING)
-        if value is _MISSING:
-            value = self._defaults.get(key, default)
-            if value is None and key in _STDIO and "function" in self:
-                return ""
         return value
 
     @property
