@@ -156,18 +156,12 @@ def run_executable(
         OSError: the program or ``cwd`` does not exist (the task fails with it).
     """
     with _marked(markers, marker_id):
-        return _run_process(key, executable, arguments, cwd, env, shell, timeout)
+        return _run_process(key, [executable, *arguments], cwd, env, shell, timeout)
 
 
-def _run_process(
-    key: str,
-    executable: str,
-    arguments: list[str],
-    cwd: str | None,
-    env: dict[str, str] | None,
-    shell: bool,
-    timeout: float | None,
-) -> tuple[int, str, str, str | None]:
+def _run_process(key: str, argv: list[str], cwd: str | None, env: dict[str, str] | None,
+                 shell: bool, timeout: float | None) -> tuple[int, str, str, str | None]:
+    executable, *arguments = argv
     command: Any = (
         " ".join([executable, *map(shlex.quote, arguments)]) if shell else [executable, *arguments]
     )
