@@ -1,12 +1,16 @@
-"""Shared by the Dragon test modules: whether this process runs inside a Dragon runtime, and the
-conformance kit as both function modes run it."""
+"""Shared by the Dragon test modules: whether this process runs inside a Dragon runtime, a session
+on a Dragon backend driven from a plain test, and the conformance kit as both function modes run
+it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import rhapsody
 from rhapsody.testing import BackendConformance
 
 
@@ -63,3 +67,35 @@ class DragonKit(BackendConformance):
         if shell is not None:
             options["shell"] = shell
         return options
+
+
+class Harness:
+    """A started session on one Dragon backend, and the event loop that drives it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, backend: Any, session: rhapsody.Session) -> None:
+        self.loop, self.backend, self.session = loop, backend, session
+
+    def run(self, coroutine: Any, timeout: float = 120.0) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
+
+    def submit_and_wait(self, tasks: list[rhapsody.ComputeTask], timeout: float = 120.0) -> None:
+        async def body() -> None:
+            await self.session.submit_tasks(tasks)
+            await self.session.wait_tasks(tasks, timeout=timeout)
+
+        self.run(body(), timeout + 10)
+
+
+def harness(**options: Any) -> Iterator[Harness]:
+    """Yield a :class:`Harness` on ``get_backend("dragon", **options)``; closed (bounded) after."""
+    loop = asyncio.new_event_loop()
+    try:
+        backend = rhapsody.get_backend("dragon", disable_telemetry=True, **options)
+        session = rhapsody.Session(backends=[backend])
+        loop.run_until_complete(asyncio.wait_for(session.start(), 120))
+        try:
+            yield Harness(loop, backend, session)
+        finally:
+            loop.run_until_complete(asyncio.wait_for(session.close(), 120))
+    finally:
+        loop.close()

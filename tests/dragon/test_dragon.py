@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dragon_support import WORKERS, runtime_missing, spinner
+from dragon_support import WORKERS, Harness, harness, runtime_missing, spinner
 
 import rhapsody
 from rhapsody.testing import workloads
@@ -19,28 +19,10 @@ from rhapsody.testing import workloads
 pytestmark = pytest.mark.skipif(bool(runtime_missing()), reason=runtime_missing() or "-")
 
 
-class Harness:
-    def __init__(self, loop: asyncio.AbstractEventLoop, backend: Any, session: rhapsody.Session) -> None:
-        self.loop, self.backend, self.session = loop, backend, session
-
-    def run(self, coroutine: Any, timeout: float = 120.0) -> Any:
-        return self.loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
-
-
 @pytest.fixture(scope="module")
 def dragon() -> Iterator[Harness]:
-    loop = asyncio.new_event_loop()
-    try:
-        # The Batch path for functions too: these tests look at the Batch's own bookkeeping.
-        backend = rhapsody.get_backend("dragon", function_mode="batch", disable_telemetry=True)
-        session = rhapsody.Session(backends=[backend])
-        loop.run_until_complete(asyncio.wait_for(session.start(), 120))
-        try:
-            yield Harness(loop, backend, session)
-        finally:
-            loop.run_until_complete(asyncio.wait_for(session.close(), 120))
-    finally:
-        loop.close()
+    # The Batch path for functions too: these tests look at the Batch's own bookkeeping.
+    yield from harness(function_mode="batch")
 
 
 def _shell(script: str, **kwargs: Any) -> rhapsody.ComputeTask:

@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dragon_support import runtime_missing, spinner
+from dragon_support import Harness, harness, runtime_missing, spinner
 
-import rhapsody
 from rhapsody import ComputeTask, WorkerLostError
 from rhapsody.testing import workloads
 from rhapsody_dragon.pool import CHUNKS_PER_WORKER
@@ -25,34 +24,9 @@ pytestmark = pytest.mark.skipif(bool(runtime_missing()), reason=runtime_missing(
 WORKERS = 2
 
 
-class Harness:
-    def __init__(self, loop: asyncio.AbstractEventLoop, backend: Any, session: rhapsody.Session) -> None:
-        self.loop, self.backend, self.session = loop, backend, session
-
-    def run(self, coroutine: Any, timeout: float = 120.0) -> Any:
-        return self.loop.run_until_complete(asyncio.wait_for(coroutine, timeout))
-
-    def submit_and_wait(self, tasks: list[ComputeTask], timeout: float = 120.0) -> None:
-        async def body() -> None:
-            await self.session.submit_tasks(tasks)
-            await self.session.wait_tasks(tasks, timeout=timeout)
-
-        self.run(body(), timeout + 10)
-
-
 @pytest.fixture(scope="module")
 def dragon() -> Iterator[Harness]:
-    loop = asyncio.new_event_loop()
-    try:
-        backend = rhapsody.get_backend("dragon", workers_per_node=WORKERS, disable_telemetry=True)
-        session = rhapsody.Session(backends=[backend])
-        loop.run_until_complete(asyncio.wait_for(session.start(), 120))
-        try:
-            yield Harness(loop, backend, session)
-        finally:
-            loop.run_until_complete(asyncio.wait_for(session.close(), 120))
-    finally:
-        loop.close()
+    yield from harness(workers_per_node=WORKERS)
 
 
 def _chunks_sent(pool: Any) -> tuple[list[int], Any]:
