@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -43,3 +44,23 @@ def test_an_output_in_a_missing_folder_is_a_clear_error(tmp_path: pathlib.Path) 
     assert result.returncode == 2
     assert "nowhere/run.journal: its folder nowhere does not exist" in result.stderr
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_cli_pages_run_records_commands_work_as_written(tmp_path: pathlib.Path) -> None:
+    page = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    block = page.split("### Run records and resume", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].split() for line in block.splitlines() if line.strip()]
+    assert [command[:2] for command in commands] == [["rhapsody", "run"]] * 2
+    (tmp_path / "examples").mkdir()
+    shutil.copy(pathlib.Path(__file__).resolve().parents[2] / "examples" / "montecarlo_pi.py",
+                tmp_path / "examples")
+    for command in (*commands, commands[1]):  # the journal line twice: the second run restores
+        # As written: no --no-progress (the bar is off anyway when output is not a terminal).
+        result = subprocess.run([sys.executable, "-m", "rhapsody", *command[1:]], capture_output=True,
+                                text=True, timeout=300, cwd=tmp_path,
+                                env={**os.environ, "RHAPSODY_LOAD_PLUGINS": "", "COLUMNS": "200"})
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "run.html").read_text().lstrip().lower().startswith("<!doctype html")
+    events = [json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()]
+    assert {event["state"] for event in events} == {"SUBMITTED", "DONE"}
+    assert "restored" in result.stdout  # the summary counts what the journal restored
