@@ -20,11 +20,41 @@ from pathlib import Path
 SHM = Path("/dev/shm")
 
 
-def _dragon_pools() -> set[str]:
+def dragon_pools() -> set[str]:
     # Dragon names its pools D<...>M (manifest) and D<...>D (data).
     if not SHM.is_dir():
         return set()
     return {p.name for p in SHM.iterdir() if p.name.startswith("D") and p.name[-1:] in ("M", "D")}
+
+
+def launcher() -> str | None:
+    """The ``dragon`` launcher next to this Python, else the one on PATH."""
+    sibling = Path(sys.executable).with_name("dragon")
+    return str(sibling) if sibling.exists() else shutil.which("dragon")
+
+
+def clean_up(launcher_pid: int, pools_before: set[str], orchestrator_files: set[Path]) -> None:
+    """Kill what is left of the runtime started by the launcher ``launcher_pid`` (its process
+    group) and remove the shared-memory pools and DDict files it created."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(launcher_pid, signum)
+        except ProcessLookupError:
+            break
+        time.sleep(2)
+    # Only this runtime's pools: Dragon puts the launcher pid's last three digits in their
+    # names, and another runtime may be running on the machine.
+    tag = f"{launcher_pid % 1000:03d}"
+    for name in dragon_pools() - pools_before:
+        if tag in name:
+            (SHM / name).unlink(missing_ok=True)
+    # DDict orchestrators leave a file in the working directory.
+    for path in set(Path.cwd().glob("ddict_orc_*")) - orchestrator_files:
+        path.unlink(missing_ok=True)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str]) -> int:
@@ -32,15 +62,16 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     timeout = float(argv[0])
-    sibling = Path(sys.executable).with_name("dragon")
-    launcher = str(sibling) if sibling.exists() else shutil.which("dragon")
-    if launcher is None:
+    program = launcher()
+    if program is None:
         print("dragon_run: no `dragon` launcher next to this Python or on PATH", file=sys.stderr)
         return 2
-    before = _dragon_pools()
+    # Stopped by `timeout` or a CI runner, the wrapper still cleans up (below).
+    signal.signal(signal.SIGTERM, _interrupt)
+    before = dragon_pools()
     orchestrator_files = set(Path.cwd().glob("ddict_orc_*"))
     # A new process group, not a new session: the launcher hangs without its session.
-    process = subprocess.Popen([launcher, *argv[1:]], preexec_fn=os.setpgrp)  # noqa: PLW1509
+    process = subprocess.Popen([program, *argv[1:]], preexec_fn=os.setpgrp)  # noqa: PLW1509
     try:
         code = process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -49,21 +80,7 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         code = 130
     finally:
-        for signum in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(process.pid, signum)
-            except ProcessLookupError:
-                break
-            time.sleep(2)
-        # Only this runtime's pools: Dragon puts the launcher pid's last three digits in their
-        # names, and another runtime may be running on the machine.
-        tag = f"{process.pid % 1000:03d}"
-        for name in _dragon_pools() - before:
-            if tag in name:
-                (SHM / name).unlink(missing_ok=True)
-        # DDict orchestrators leave a file in the working directory.
-        for path in set(Path.cwd().glob("ddict_orc_*")) - orchestrator_files:
-            path.unlink(missing_ok=True)
+        clean_up(process.pid, before, orchestrator_files)
     return code
 
 

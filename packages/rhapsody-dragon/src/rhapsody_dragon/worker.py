@@ -3,7 +3,8 @@
 A worker takes a chunk of function tasks from the pool's task queue, runs them one after another
 and puts their results on the results queue: at the end of the chunk, and earlier once a chunk has
 run for :data:`FLUSH_AFTER_S` (a slow task does not hold back the results of the quick ones before
-it). A ``b"stop"`` item ends the loop.
+it). A ``b"stop"`` item ends the loop, and so does the loss of the worker's parent (the Dragon
+runtime's local services): a runtime killed without a shutdown leaves no pool worker behind.
 
 Before each task the worker writes ``(chunk, position, pid)`` into a small progress file of its
 slot on its own node (a store into a shared mapping of the file: no system call, no round trip). A worker that dies (``os._exit``, a signal, a
@@ -133,13 +134,20 @@ def serve(slot: int, tasks: Any, results: Any, progress_dir: str) -> None:
     put(dumps(("hello", slot, socket.gethostname(), pid, lost)))
     runner = _Runner()
     monotonic = time.monotonic
+    # Dragon's local services started this process. When they die without stopping it (the
+    # launcher killed, say), this process is re-parented and nothing would ever stop it, while
+    # Dragon's queue waits keep a CPU partly busy: it leaves instead, at its next look.
+    parent = os.getppid()
+    getppid = os.getppid
     try:
         while True:
             try:
                 item = tasks.get(timeout=_GET_TIMEOUT_S)
             except queue.Empty:
+                if getppid() != parent:
+                    return
                 continue
-            if item == STOP:
+            if item == STOP or getppid() != parent:
                 return
             chunk_id = int.from_bytes(item[:8], "little")
             mark(chunk_id, 0, pid)
