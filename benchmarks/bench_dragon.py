@@ -21,16 +21,27 @@ The same no-op function goes, in one runtime, through
   the output).
 
 Each prints tasks/s (best of ``--rounds``; start-up not timed) and one-task round-trip latency
-(submit -> result, one task at a time on an idle pool), p50 and p95. Then the ratios the issue
+(submit -> result, one task at a time on an idle pool), p50 and p95: back to back, and after
+``--idle-gap`` seconds of nothing (a pool that has gone quiet: Dragon's waits sleep by then). Then the ratios the issue
 sets targets for: rhapsody-dragon tasks/s >= 0.5x the process pool's, p50 <= 10 ms, and our
 overhead (wall time) <= 1.10x the raw Dragon pool's.
+
+Two more measures, for reading that last ratio:
+
+- what building the same no-op tasks as ``ComputeTask`` objects costs alone (no session, no
+  backend), against raw ``map_async``'s whole wall: a floor under any design in which each task is
+  an object of its own;
+- short tasks that do some work (``--work-us``, a pure-Python spin of that many microseconds each,
+  ``--work-tasks`` of them): rhapsody-dragon against raw ``map_async`` with the same chunk.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -38,6 +49,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import rhapsody
 
@@ -45,6 +57,14 @@ CHUNK = 1024  # rhapsody-dragon's default chunk_size, given to map_async too
 
 
 def noop(i: int) -> int:
+    return i
+
+
+def spin(i: int, microseconds: float) -> int:
+    """Keeps its CPU busy for ``microseconds`` (a short task that does work), returns ``i``."""
+    deadline = time.perf_counter() + microseconds / 1e6
+    while time.perf_counter() < deadline:
+        pass
     return i
 
 
@@ -58,6 +78,8 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 class Figures:
     def __init__(self, name: str, tasks: int, walls: list[float], latencies: list[float], note: str = "") -> None:
         self.name, self.tasks, self.walls, self.latencies, self.note = name, tasks, walls, latencies, note
+        self.work: list[list[float]] = []  # per --work-us value, the walls of its rounds
+        self.idle_latencies: list[float] = []  # one task after --idle-gap seconds of nothing
 
     @property
     def best(self) -> float:
@@ -69,8 +91,13 @@ class Figures:
 
     def line(self) -> str:
         p50, p95 = percentiles(self.latencies)
-        return (f"{self.name:<34} {self.tasks:>6} tasks  best {self.best:7.3f} s  {self.rate:9.0f} tasks/s  "
+        text = (f"{self.name:<34} {self.tasks:>6} tasks  best {self.best:7.3f} s  {self.rate:9.0f} tasks/s  "
                 f"latency p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  ({len(self.latencies)} samples){self.note}")
+        if self.idle_latencies:
+            p50, p95 = percentiles(self.idle_latencies)
+            text += (f"\n{'':<34} one task after an idle gap: latency p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  "
+                     f"({len(self.idle_latencies)} samples)")
+        return text
 
 
 # -- rhapsody sessions -----------------------------------------------------------------------
@@ -84,15 +111,45 @@ async def session_figures(name: str, backend: rhapsody.BaseBackend, args: argpar
             await session.submit_tasks([task])
             await task
             latencies.append(time.perf_counter() - started)
-        walls = []
-        for _ in range(args.rounds):
-            tasks = [rhapsody.ComputeTask(function=noop, args=(i,)) for i in range(args.tasks)]
+        idle_latencies = []
+        for i in range(args.idle_latency_samples):
+            await asyncio.sleep(args.idle_gap)
+            task = rhapsody.ComputeTask(function=noop, args=(i,))
             started = time.perf_counter()
-            await session.submit_tasks(tasks)
-            await session.wait_tasks(tasks)
-            walls.append(time.perf_counter() - started)
-            assert [t.return_value for t in tasks] == list(range(args.tasks)), [t.exception for t in tasks][:3]
-    return Figures(name, args.tasks, walls, latencies)
+            await session.submit_tasks([task])
+            await task
+            idle_latencies.append(time.perf_counter() - started)
+        walls = [await session_round(session, args.tasks, noop, ()) for _ in range(args.rounds)]
+        work = [[await session_round(session, args.work_tasks, spin, (us,)) for _ in range(args.rounds)]
+                for us in args.work_us]
+    figures = Figures(name, args.tasks, walls, latencies)
+    figures.work = work
+    figures.idle_latencies = idle_latencies
+    return figures
+
+
+async def session_round(session: rhapsody.Session, count: int, function: Callable[..., int],
+                        extra: tuple[float, ...]) -> float:
+    """One round: ``count`` tasks built, submitted and waited for; returns its wall time (the
+    tasks are built inside it, as a program builds them)."""
+    started = time.perf_counter()
+    tasks = [rhapsody.ComputeTask(function=function, args=(i, *extra)) for i in range(count)]
+    await session.submit_tasks(tasks)
+    await session.wait_tasks(tasks)
+    wall = time.perf_counter() - started
+    assert [t.return_value for t in tasks] == list(range(count)), [t.exception for t in tasks][:3]
+    return wall
+
+
+def task_building_wall(args: argparse.Namespace) -> float:
+    """Best wall time of building ``args.tasks`` no-op ``ComputeTask`` objects, and nothing else."""
+    walls = []
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        tasks = [rhapsody.ComputeTask(function=noop, args=(i,)) for i in range(args.tasks)]
+        walls.append(time.perf_counter() - started)
+        del tasks
+    return min(walls)
 
 
 # -- raw Dragon ------------------------------------------------------------------------------
@@ -108,16 +165,34 @@ def raw_pool_figures(args: argparse.Namespace, cores: int) -> Figures:
             started = time.perf_counter()
             pool.apply_async(noop, (i,)).get(timeout=60)
             latencies.append(time.perf_counter() - started)
-        walls = []
-        for _ in range(args.rounds):
+        idle_latencies = []
+        for i in range(args.idle_latency_samples):
+            time.sleep(args.idle_gap)
             started = time.perf_counter()
-            results = pool.map_async(noop, range(args.tasks), chunksize=CHUNK).get(timeout=600)
-            walls.append(time.perf_counter() - started)
-            assert results == list(range(args.tasks))
+            pool.apply_async(noop, (i,)).get(timeout=60)
+            idle_latencies.append(time.perf_counter() - started)
+        walls = [raw_round(pool, cores, args.tasks, noop, ()) for _ in range(args.rounds)]
+        work = [[raw_round(pool, cores, args.work_tasks, spin, (us,)) for _ in range(args.rounds)]
+                for us in args.work_us]
     finally:
         pool.close()
         pool.join()
-    return Figures(f"raw dragon.native.Pool({cores}).map_async", args.tasks, walls, latencies)
+    figures = Figures(f"raw dragon.native.Pool({cores}).map_async", args.tasks, walls, latencies)
+    figures.work = work
+    figures.idle_latencies = idle_latencies
+    return figures
+
+
+def raw_round(pool: Any, cores: int, count: int, function: Callable[..., int], extra: tuple[float, ...]) -> float:
+    """One ``map_async`` round, cut as rhapsody-dragon cuts a burst of ``count`` tasks: in
+    ``4 * cores`` chunks, at most CHUNK tasks each (10K no-op tasks: 1024, as before)."""
+    started = time.perf_counter()
+    call = functools.partial(function, microseconds=extra[0]) if extra else function
+    chunk = min(CHUNK, math.ceil(count / (4 * cores)))
+    results = pool.map_async(call, range(count), chunksize=chunk).get(timeout=600)
+    wall = time.perf_counter() - started
+    assert results == list(range(count))
+    return wall
 
 
 def raw_apply_figures(args: argparse.Namespace, cores: int) -> Figures:
@@ -172,18 +247,22 @@ def process_pool_figures(args: argparse.Namespace, cores: int) -> Figures:
     env["RHAPSODY_LOAD_PLUGINS"] = ""  # the concurrent backend only: Dragon is not imported
     command = [sys.executable, __file__, "--process-pool-child", "--tasks", str(args.tasks),
                "--rounds", str(args.rounds), "--latency-samples", str(args.latency_samples),
-               "--workers", str(cores)]
+               "--workers", str(cores), "--idle-latency-samples", str(args.idle_latency_samples),
+               "--idle-gap", str(args.idle_gap),
+               "--work-us"]  # the short-task rounds are compared with raw Dragon only
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the process pool child failed ({done.returncode}):\n{done.stderr}")
-    walls, latencies = json.loads(done.stdout.strip().splitlines()[-1])
-    return Figures(f"concurrent + ProcessPoolExecutor({cores})", args.tasks, walls, latencies)
+    walls, latencies, idle_latencies = json.loads(done.stdout.strip().splitlines()[-1])
+    figures = Figures(f"concurrent + ProcessPoolExecutor({cores})", args.tasks, walls, latencies)
+    figures.idle_latencies = idle_latencies
+    return figures
 
 
 def process_pool_child(args: argparse.Namespace) -> int:
     backend = rhapsody.get_backend("concurrent", executor=ProcessPoolExecutor(args.workers))
     figures = asyncio.run(session_figures("process pool", backend, args))
-    print(json.dumps([figures.walls, figures.latencies]))
+    print(json.dumps([figures.walls, figures.latencies, figures.idle_latencies]))
     return 0
 
 
@@ -204,6 +283,13 @@ def main() -> int:
     parser.add_argument("--apply-tasks", type=int, default=2000,
                         help="tasks for the raw per-task apply_async baseline (a few ms each)")
     parser.add_argument("--batch-latency-samples", type=int, default=10)
+    parser.add_argument("--idle-latency-samples", type=int, default=20,
+                        help="one-task latency samples taken after an idle gap each (default 20)")
+    parser.add_argument("--idle-gap", type=float, default=0.5,
+                        help="seconds of nothing before each of those samples (default 0.5)")
+    parser.add_argument("--work-us", type=float, nargs="*", default=[100.0, 1000.0],
+                        help="short tasks that spin this many microseconds each (default: 100 and 1000)")
+    parser.add_argument("--work-tasks", type=int, default=4000, help="tasks per --work-us round (default 4000)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="pool workers on each side (default: the CPUs, as ProcessPoolExecutor)")
     parser.add_argument("--process-pool-child", action="store_true", help=argparse.SUPPRESS)
@@ -221,12 +307,14 @@ def main() -> int:
     raw_batch = timed("raw Batch", lambda: raw_batch_figures(args))
 
     p50, _ = percentiles(ours.latencies)
+    idle_p50 = percentiles(ours.idle_latencies)[0] if ours.idle_latencies else float("nan")
     print(f"\nmachine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {cores} workers per pool, "
           f"{args.tasks} no-op tasks, best of {args.rounds} round(s)")
     for label, value, target, ok in (
         ("rhapsody-dragon tasks/s / process pool tasks/s", ours.rate / process_pool.rate, ">= 0.5",
          ours.rate / process_pool.rate >= 0.5),
         ("rhapsody-dragon one-task latency p50 (ms)", p50, "<= 10", p50 <= 10),
+        ("the same after an idle gap (ms)", idle_p50, "<= 10", idle_p50 <= 10),
         ("rhapsody-dragon wall / raw Dragon pool wall", ours.best / raw_pool.best, "<= 1.10",
          ours.best / raw_pool.best <= 1.10),
         ("rhapsody-dragon tasks/s / raw apply_async tasks/s", ours.rate / raw_apply.rate, "(for reading)", True),
@@ -240,6 +328,15 @@ def main() -> int:
           f"{1e6 * (ours.best - raw_pool.best) / args.tasks:.1f} us "
           f"(the concurrent backend with ProcessPoolExecutor: {1e6 * process_pool.best / args.tasks:.1f} us "
           "per task in all)")
+    building = task_building_wall(args)
+    print(f"building the {args.tasks} ComputeTask objects alone: {1e3 * building:.1f} ms "
+          f"({1e6 * building / args.tasks:.2f} us per task), {building / raw_pool.best:.2f}x raw map_async's "
+          "whole wall: the floor of the wall ratio for any design with one object per task")
+    for us, our_walls, raw_walls in zip(args.work_us, ours.work, raw_pool.work):
+        ratio = min(our_walls) / min(raw_walls)
+        print(f"short tasks, {args.work_tasks} x {us:g} us of work: rhapsody-dragon {min(our_walls):.3f} s, "
+              f"raw map_async {min(raw_walls):.3f} s: {ratio:.3f}x  target <= 1.10  "
+              f"{'ok' if ratio <= 1.10 else 'OVER TARGET'}")
     return 0
 
 

@@ -67,7 +67,7 @@ def test_pool_workers_leave_when_the_runtime_is_killed(tmp_path: Path) -> None:
         os.kill(runtime.pid, signal.SIGKILL)
         os.kill(started["program"], signal.SIGKILL)
         runtime.wait(timeout=30)
-        # A worker looks for its parent each time its queue wait ends (every second when idle).
+        # A worker looks for its parent each time its queue wait ends (every 5 s when idle).
         deadline = time.monotonic() + 30
         running = workers
         while running and time.monotonic() < deadline:

@@ -41,7 +41,11 @@ from .worker import STOP, progress_path, read_progress, serve
 _DONE = "DONE"
 _FAILED = "FAILED"
 _CANCELED = "CANCELED"
-_SWEEP_TIMEOUT_S = 0.05  # how long the monitor blocks on the results queue before looking again
+# How long the monitor waits on the results queue when no chunk is out. Each wait on a Dragon
+# queue spins for up to ~0.1 s before it sleeps (Dragon's adaptive wait), so a short timeout,
+# repeated, keeps a core busy: 0.05 s cost half a core on an idle pool. A result that comes in the
+# spin is seen at once; later, within a few ms.
+_IDLE_WAIT_S = 5.0
 CHUNKS_PER_WORKER = 4
 # While chunks are out, how often the monitor looks for dead workers on this node, and how long
 # it leaves Dragon to start a replacement before it handles the loss itself.
@@ -160,6 +164,10 @@ class FunctionPool:
         ends them ``CANCELED``). Bounded: about ``3 * patience`` + 5 s."""
         self._stopping.set()
         if self._monitor is not None:
+            try:
+                self._results_queue.put(pickle.dumps(("wake",)), timeout=1.0)  # ends the monitor's wait
+            except Exception:  # noqa: BLE001 - the join below is bounded anyway
+                pass
             self._monitor.join(5.0)
         left = self._drop_all()
         group, self._group = self._group, None
@@ -373,8 +381,10 @@ class FunctionPool:
                 # One message per sweep, no draining get(block=False) after it: each call into
                 # Dragon lets go of the GIL, and taking it back from a busy event loop thread can
                 # cost a whole switch interval (5 ms). A message holds a chunk's results.
+                # While chunks are out, the wait ends in time for the next liveness look.
+                wait = max(0.0, next_look - monotonic()) if self._chunks else _IDLE_WAIT_S
                 try:
-                    messages.append(loads(get(timeout=_SWEEP_TIMEOUT_S)))
+                    messages.append(loads(get(timeout=wait)))
                 except queue.Empty:
                     pass
                 now = monotonic()
