@@ -8,8 +8,9 @@ The same no-op function goes, in one runtime, through
 
 - rhapsody-dragon (``function_mode="pool"``, the default): ``session.submit_tasks(tasks)`` then
   ``session.wait_tasks(tasks)``;
-- raw Dragon pool: ``dragon.native.Pool(cores).map_async(noop, range(n), chunksize=1024)`` (the
-  same Dragon parts, ProcessGroup and Queues, and the same largest chunk as rhapsody-dragon's);
+- raw Dragon pool: ``dragon.native.Pool(cores).map_async(noop, range(n), chunksize=c)`` (the same
+  Dragon parts, ProcessGroup and Queues, and the chunks rhapsody-dragon cuts from a burst:
+  ``c = ceil(n / (4 * cores))``, at most 1024);
 - raw Dragon pool, one result per task: ``pool.apply_async(noop, (i,))`` for each task, then
   ``.get()`` on each (what a program that needs each task's own result and error writes against
   the raw pool; on ``--apply-tasks`` tasks, as it is slow);
