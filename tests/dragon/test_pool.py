@@ -34,8 +34,8 @@ def _chunks_sent(pool: Any) -> tuple[list[int], Any]:
     sizes: list[int] = []
     send = pool._send
 
-    def recording(outgoing: list[tuple[int, list[Any]]]) -> None:
-        sizes.extend(len(entries) for _, entries in outgoing)
+    def recording(outgoing: list[tuple[int, list[Any], list[Any]]]) -> None:
+        sizes.extend(len(entries) for _, _, entries in outgoing)
         send(outgoing)
 
     pool._send = recording
@@ -132,6 +132,30 @@ def test_a_task_workers_cannot_unpickle_fails_alone(dragon: Harness, tmp_path: p
     good = [t for t in tasks if t is not bad]
     assert [t.return_value for t in good] == [i * i for i in range(40)]
     assert _idle(pool)
+
+
+def test_a_workload_whose_function_workers_cannot_import_fails_chunk_by_chunk(
+        dragon: Harness, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "rhapsody_also_only_here.py").write_text("def twice(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import rhapsody_also_only_here  # type: ignore[import-not-found]
+
+    pool = dragon.backend._pool
+    sizes, send = _chunks_sent(pool)
+    try:
+        tasks = [ComputeTask(function=rhapsody_also_only_here.twice, args=(i,)) for i in range(500)]
+        dragon.submit_and_wait(tasks)
+    finally:
+        pool._send = send
+    assert {t.state for t in tasks} == {"FAILED"}
+    assert all("could not unpickle the task's function" in str(t.exception) for t in tasks)
+    assert "rhapsody_also_only_here" in str(tasks[0].exception)
+    # Each chunk failed whole: every task was sent once, none again on its own.
+    assert sum(sizes) == 500 and max(sizes) > 1, sizes
+    assert _idle(pool)
+    later = ComputeTask(function=workloads.square, args=(3,))
+    dragon.submit_and_wait([later])
+    assert later.return_value == 9
 
 
 def test_a_dead_worker_fails_only_its_task_is_replaced_and_the_pool_goes_on(dragon: Harness) -> None:

@@ -54,7 +54,9 @@ REPLACEMENT_GRACE_S = 10.0
 _HOST = socket.gethostname()
 
 
-_Outgoing = tuple[int, list[tuple[Any, ...]]]  # a chunk's id and its entries, not yet pickled
+# A chunk not yet pickled: its id, its distinct functions, and its entries, each
+# (tid, timeout, index of its function, args, kwargs).
+_Outgoing = tuple[int, list[Any], list[tuple[Any, ...]]]
 
 
 @dataclass
@@ -299,13 +301,20 @@ class FunctionPool:
             chunk_id = next(self._chunk_ids)
             self._chunks[chunk_id] = _Chunk(tids, set(tids))
             entries = []
+            functions: list[Any] = []
+            index_of: dict[int, int] = {}  # id(function) -> its index in functions (which keeps it alive)
             stored = dict.get  # a task stores only the fields it was given (see _specs in backend.py)
             for tid in tids:
                 chunk_of[tid] = chunk_id
                 task = tasks[tid]
-                entries.append((tid, stored(task, "timeout"), stored(task, "function"), stored(task, "args", ()),
+                function = stored(task, "function")
+                index = index_of.get(id(function))
+                if index is None:
+                    index = index_of[id(function)] = len(functions)
+                    functions.append(function)
+                entries.append((tid, stored(task, "timeout"), index, stored(task, "args", ()),
                                 stored(task, "kwargs") or {}))
-            outgoing.append((chunk_id, entries))
+            outgoing.append((chunk_id, functions, entries))
         return outgoing
 
     def _kill_running(self, tid: int, chunk_id: int) -> bool:
@@ -328,15 +337,21 @@ class FunctionPool:
     # -- the monitor -------------------------------------------------------------------------
 
     def _send(self, outgoing: list[_Outgoing]) -> None:
-        """Pickle and put chunks (outside the lock); a chunk that cannot be pickled is split."""
+        """Pickle and put chunks (outside the lock); a chunk that cannot be pickled is split.
+
+        The functions are pickled apart from the entries (see :func:`rhapsody_dragon.worker.serve`),
+        so that a worker that cannot load a chunk's one function fails its tasks at once.
+        """
         put = self._tasks_queue.put
+        dumps = cloudpickle.dumps
         while outgoing:
             unpicklable: list[_Outgoing] = []
-            for chunk_id, entries in outgoing:
+            for chunk_id, functions, entries in outgoing:
                 try:
-                    payload = cloudpickle.dumps(entries, pickle.HIGHEST_PROTOCOL)
+                    payload = pickle.dumps((len(functions), dumps(functions, pickle.HIGHEST_PROTOCOL),
+                                            dumps(entries, pickle.HIGHEST_PROTOCOL)), pickle.HIGHEST_PROTOCOL)
                 except Exception:  # noqa: BLE001 - one of its tasks cannot be pickled: find which
-                    unpicklable.append((chunk_id, entries))
+                    unpicklable.append((chunk_id, functions, entries))
                     continue
                 with self._put_lock:  # the loop thread and the monitor both send
                     put(chunk_id.to_bytes(8, "little") + payload)
@@ -347,13 +362,13 @@ class FunctionPool:
         refused: list[tuple[Task, str]] = []
         with self._lock:
             again: list[int] = []
-            for chunk_id, entries in chunks:
+            for chunk_id, functions, entries in chunks:
                 self._chunks.pop(chunk_id, None)
                 for entry in entries:
                     tid = entry[0]
                     self._chunk_of.pop(tid, None)
                     try:
-                        cloudpickle.dumps(entry)
+                        cloudpickle.dumps((functions[entry[2]], *entry[3:]))
                     except Exception as exc:  # noqa: BLE001 - the task fails with what pickling raised
                         task = self._forget(tid)
                         if task is not None:

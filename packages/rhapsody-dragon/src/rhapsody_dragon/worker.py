@@ -106,16 +106,27 @@ class _Runner:
         return True, dumps_result(value)
 
 
+def _cannot_load(entries: list[tuple[Any, ...]], error: Exception) -> list[tuple[int, bool, bytes]]:
+    """Failed results for ``entries``, whose one function this worker could not unpickle."""
+    failure = pickle.dumps(RuntimeError(f"dragon: a pool worker could not unpickle the task's function: {error!r}"))
+    return [(entry[0], False, failure) for entry in entries]
+
+
 def serve(slot: int, tasks: Any, results: Any, progress_dir: str) -> None:
     """The worker loop of pool slot ``slot``: ``tasks`` and ``results`` are Dragon Queues.
 
     A chunk is its id (8 bytes, little-endian) followed by
-    ``cloudpickle.dumps([(tid, timeout, function, args, kwargs), ...])``: one pickling per chunk,
-    as cloudpickle's cost is mostly per call. Results go back pickled as
+    ``pickle.dumps((len(functions), cloudpickle.dumps(functions), cloudpickle.dumps(entries)))``,
+    each entry ``(tid, timeout, index of its function, args, kwargs)``: two cloudpickle calls per
+    chunk, as cloudpickle's cost is mostly per call. Results go back pickled as
     ``("done", chunk_id, [(tid, ok, pickled value), ...], final)``, each value pickled on its
-    own so that one the pool cannot unpickle fails only its task. A chunk this worker cannot
-    unpickle (e.g. a module missing here) goes back as ``("unloadable", chunk_id, error)``: the
-    pool sends its tasks again one by one, so that each fails or runs on its own.
+    own so that one the pool cannot unpickle fails only its task.
+
+    What this worker cannot unpickle (e.g. a module missing here): when it is the chunk's one
+    function, every task of the chunk fails at once with why (a workload whose function the
+    workers cannot import fails chunk by chunk, not task by task). Otherwise the chunk goes back
+    as ``("unloadable", chunk_id, error)``: the pool sends its tasks again one by one, so that
+    each fails or runs on its own.
     """
     signal.signal(signal.SIGALRM, _on_alarm)
     directory = Path(progress_dir)
@@ -153,18 +164,27 @@ def serve(slot: int, tasks: Any, results: Any, progress_dir: str) -> None:
                 return
             chunk_id = int.from_bytes(item[:8], "little")
             mark(chunk_id, 0, pid)
+            count, function_part, entry_part = pickle.loads(item[8:])  # plain bytes: loads anywhere
             try:
-                entries = cloudpickle.loads(item[8:])
+                entries = cloudpickle.loads(entry_part)
             except Exception as exc:  # noqa: BLE001 - the pool resends the tasks one by one
                 put(dumps(("unloadable", chunk_id, repr(exc))))
+                mark(0, 0, 0)
+                continue
+            try:
+                functions = cloudpickle.loads(function_part)
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                message = ("done", chunk_id, _cannot_load(entries, exc), True) if count == 1 else \
+                    ("unloadable", chunk_id, repr(exc))
+                put(dumps(message))
                 mark(0, 0, 0)
                 continue
             done: list[tuple[int, bool, bytes]] = []
             flush_at = monotonic() + FLUSH_AFTER_S
             last = len(entries)
-            for position, (tid, timeout, function, args, kwargs) in enumerate(entries, 1):
+            for position, (tid, timeout, index, args, kwargs) in enumerate(entries, 1):
                 mark(chunk_id, position, pid)
-                ok, value = runner.run(function, args, kwargs, timeout)
+                ok, value = runner.run(functions[index], args, kwargs, timeout)
                 done.append((tid, ok, value))
                 if position < last and monotonic() >= flush_at:
                     put(dumps(("done", chunk_id, done, False)))
