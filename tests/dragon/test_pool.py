@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import math
 import os
 import pathlib
@@ -108,24 +109,34 @@ def test_unpicklable_call_fails_alone_with_why(dragon: Harness) -> None:
     assert good.return_value == 2
 
 
-def test_a_task_workers_cannot_unpickle_fails_alone(dragon: Harness, tmp_path: pathlib.Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    # A module only this process can import: cloudpickle ships its function by reference, and
-    # the workers (whose sys.path lacks tmp_path) cannot load it.
-    (tmp_path / "rhapsody_only_here.py").write_text("def twice(x):\n    return 2 * x\n")
+def _function_only_here(name: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``twice`` from a module only this process can import: cloudpickle ships it by reference,
+    and the workers (whose sys.path lacks tmp_path) cannot load it."""
+    (tmp_path / f"{name}.py").write_text("def twice(x):\n    return 2 * x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    import rhapsody_only_here  # type: ignore[import-not-found]
+    return importlib.import_module(name).twice
 
+
+def _send_and_record(dragon: Harness, tasks: list[ComputeTask]) -> list[int]:
+    """Submit ``tasks`` and wait for them; returns the sizes of the chunks the pool sent meanwhile."""
     pool = dragon.backend._pool
     sizes, send = _chunks_sent(pool)
     try:
-        # Enough tasks for chunks of several: the bad one shares its chunk with good ones.
-        tasks = [ComputeTask(function=workloads.square, args=(i,)) for i in range(40)]
-        bad = ComputeTask(function=rhapsody_only_here.twice, args=(1,))
-        tasks.insert(5, bad)
         dragon.submit_and_wait(tasks)
     finally:
         pool._send = send
+    return sizes
+
+
+def test_a_task_workers_cannot_unpickle_fails_alone(dragon: Harness, tmp_path: pathlib.Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    twice = _function_only_here("rhapsody_only_here", tmp_path, monkeypatch)
+    # Enough tasks for chunks of several: the bad one shares its chunk with good ones.
+    tasks = [ComputeTask(function=workloads.square, args=(i,)) for i in range(40)]
+    bad = ComputeTask(function=twice, args=(1,))
+    tasks.insert(5, bad)
+    sizes = _send_and_record(dragon, tasks)
+    pool = dragon.backend._pool
     assert max(sizes) > 1
     assert bad.state == "FAILED" and "could not unpickle" in str(bad.exception), bad.exception
     assert "rhapsody_only_here" in str(bad.exception)
@@ -136,17 +147,10 @@ def test_a_task_workers_cannot_unpickle_fails_alone(dragon: Harness, tmp_path: p
 
 def test_a_workload_whose_function_workers_cannot_import_fails_chunk_by_chunk(
         dragon: Harness, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "rhapsody_also_only_here.py").write_text("def twice(x):\n    return 2 * x\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import rhapsody_also_only_here  # type: ignore[import-not-found]
-
+    twice = _function_only_here("rhapsody_also_only_here", tmp_path, monkeypatch)
+    tasks = [ComputeTask(function=twice, args=(i,)) for i in range(500)]
+    sizes = _send_and_record(dragon, tasks)
     pool = dragon.backend._pool
-    sizes, send = _chunks_sent(pool)
-    try:
-        tasks = [ComputeTask(function=rhapsody_also_only_here.twice, args=(i,)) for i in range(500)]
-        dragon.submit_and_wait(tasks)
-    finally:
-        pool._send = send
     assert {t.state for t in tasks} == {"FAILED"}
     assert all("could not unpickle the task's function" in str(t.exception) for t in tasks)
     assert "rhapsody_also_only_here" in str(tasks[0].exception)
