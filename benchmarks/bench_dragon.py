@@ -11,6 +11,8 @@ The same no-op function goes, in one runtime, through
 - raw Dragon pool: ``dragon.native.Pool(cores).map_async(noop, range(n), chunksize=c)`` (the same
   Dragon parts, ProcessGroup and Queues, and the chunks rhapsody-dragon cuts from a burst:
   ``c = ceil(n / (4 * cores))``, at most 1024);
+- rhapsody-dragon's pool layer alone (``rhapsody_dragon.pool.FunctionPool`` fed tasks built
+  beforehand, reporting to a counter: no session), for what the Dragon layer itself adds;
 - raw Dragon pool, one result per task: ``pool.apply_async(noop, (i,))`` for each task, then
   ``.get()`` on each (what a program that needs each task's own result and error writes against
   the raw pool; on ``--apply-tasks`` tasks, as it is slow);
@@ -91,9 +93,11 @@ class Figures:
         return self.tasks / self.best
 
     def line(self) -> str:
-        p50, p95 = percentiles(self.latencies)
-        text = (f"{self.name:<34} {self.tasks:>6} tasks  best {self.best:7.3f} s  {self.rate:9.0f} tasks/s  "
-                f"latency p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  ({len(self.latencies)} samples){self.note}")
+        text = f"{self.name:<34} {self.tasks:>6} tasks  best {self.best:7.3f} s  {self.rate:9.0f} tasks/s  "
+        if self.latencies:
+            p50, p95 = percentiles(self.latencies)
+            text += f"latency p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  ({len(self.latencies)} samples)"
+        text += self.note
         if self.idle_latencies:
             p50, p95 = percentiles(self.idle_latencies)
             text += (f"\n{'':<34} one task after an idle gap: latency p50 {p50:7.2f} ms  p95 {p95:7.2f} ms  "
@@ -194,6 +198,42 @@ def raw_round(pool: Any, cores: int, count: int, function: Callable[..., int], e
     wall = time.perf_counter() - started
     assert results == list(range(count))
     return wall
+
+
+def pool_layer_figures(args: argparse.Namespace, cores: int) -> Figures:
+    """rhapsody-dragon's FunctionPool alone, fed tasks built beforehand, with no session: the
+    Dragon layer's own cost (chunking, per-task results and progress marks) above raw map_async."""
+    import threading
+
+    from dragon.native.machine import Node, System
+
+    from rhapsody_dragon.pool import FunctionPool
+
+    ended = threading.Event()
+    count = [0, 0]  # reported so far, expected
+
+    def report(updates: list[tuple[rhapsody.Task, str]]) -> None:
+        count[0] += len(updates)
+        if count[0] >= count[1]:
+            ended.set()
+
+    host = Node(System().nodes[0]).hostname
+    pool = FunctionPool(report, hosts=[host], workers_per_node=cores, chunk_size=CHUNK, start_timeout=120.0)
+    pool.start()
+    walls = []
+    try:
+        for _ in range(args.rounds):
+            tasks = [rhapsody.ComputeTask(function=noop, args=(i,)) for i in range(args.tasks)]
+            count[:] = [0, args.tasks]
+            ended.clear()
+            started = time.perf_counter()
+            pool.submit(tasks)
+            assert ended.wait(600), "the pool did not report every task"
+            walls.append(time.perf_counter() - started)
+            assert [t["return_value"] for t in tasks] == list(range(args.tasks))
+    finally:
+        pool.close()
+    return Figures("rhapsody-dragon pool layer, no session", args.tasks, walls, [])
 
 
 def raw_apply_figures(args: argparse.Namespace, cores: int) -> Figures:
@@ -303,6 +343,7 @@ def main() -> int:
         "rhapsody-dragon pool", rhapsody.get_backend("dragon", workers_per_node=cores, disable_telemetry=True),
         args)))
     raw_pool = timed("raw Dragon pool", lambda: raw_pool_figures(args, cores))
+    layer = timed("rhapsody-dragon's pool layer alone", lambda: pool_layer_figures(args, cores))
     raw_apply = timed("raw Dragon pool, one apply_async per task", lambda: raw_apply_figures(args, cores))
     process_pool = timed("concurrent + ProcessPoolExecutor", lambda: process_pool_figures(args, cores))
     raw_batch = timed("raw Batch", lambda: raw_batch_figures(args))
@@ -318,6 +359,7 @@ def main() -> int:
         ("the same after an idle gap (ms)", idle_p50, "<= 10", idle_p50 <= 10),
         ("rhapsody-dragon wall / raw Dragon pool wall", ours.best / raw_pool.best, "<= 1.10",
          ours.best / raw_pool.best <= 1.10),
+        ("pool layer alone (no session) wall / raw pool wall", layer.best / raw_pool.best, "(for reading)", True),
         ("rhapsody-dragon tasks/s / raw apply_async tasks/s", ours.rate / raw_apply.rate, "(for reading)", True),
         ("rhapsody-dragon tasks/s / raw Batch tasks/s", ours.rate / raw_batch.rate, "(for reading)", True),
     ):
