@@ -80,6 +80,7 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         code = 130
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not cut the clean-up short
         clean_up(process.pid, before, orchestrator_files)
     return code
 

@@ -2,8 +2,8 @@
 
 Runs outside any runtime (plain pytest, like test_options.py): it starts a runtime of its own
 under the ``dragon`` launcher, with a program that opens a session on the worker pool, then
-SIGKILLs the launcher and the program, as a job killed in a hurry would be, and watches the pool
-workers leave. (What Dragon started itself, e.g. its ProcessGroup manager, is Dragon's: the
+SIGKILLs the launcher and the program, as a job killed in a hurry would be (one worker running a
+task then, the other idle), and watches the pool workers leave. (What Dragon started itself, e.g. its ProcessGroup manager, is Dragon's: the
 test's clean-up kills the runtime's process group and removes its /dev/shm pools.)
 """
 
@@ -26,9 +26,17 @@ PROGRAM = """
 import asyncio, json, os, sys, time
 import rhapsody
 
+def spin(seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+
 async def main():
     backend = rhapsody.get_backend("dragon", workers_per_node=2, disable_telemetry=True)
     async with rhapsody.Session(backends=[backend]) as session:
+        # One worker busy with a task when the runtime is killed, the other idle.
+        await session.submit_tasks([rhapsody.ComputeTask(function=spin, args=(3.0,))])
+        await asyncio.sleep(0.5)
         pids = [slot.pid for slot in backend._pool._slots.values()]
         with open(sys.argv[1] + ".part", "w") as file:
             json.dump({"program": os.getpid(), "workers": pids}, file)
@@ -67,7 +75,8 @@ def test_pool_workers_leave_when_the_runtime_is_killed(tmp_path: Path) -> None:
         os.kill(runtime.pid, signal.SIGKILL)
         os.kill(started["program"], signal.SIGKILL)
         runtime.wait(timeout=30)
-        # A worker looks for its parent each time its queue wait ends (every 5 s when idle).
+        # A worker looks for its parent between tasks and each time its queue wait ends (every
+        # 5 s when idle): the busy one leaves once its 3 s task is over.
         deadline = time.monotonic() + 30
         running = workers
         while running and time.monotonic() < deadline:

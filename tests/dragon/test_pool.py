@@ -84,6 +84,29 @@ def test_ten_thousand_tasks_none_lost(dragon: Harness) -> None:
     assert _idle(dragon.backend._pool)
 
 
+def test_a_quick_task_is_not_held_back_by_a_slow_one_in_its_chunk(dragon: Harness) -> None:
+    tasks = [ComputeTask(function=workloads.square, args=(i,)) for i in range(16)]
+    slow = ComputeTask(function=spinner(6.0))
+    tasks.insert(1, slow)  # 17 tasks: the first chunk cut holds tasks[0], the slow one and one more
+    quick = tasks[0]
+
+    async def body() -> None:
+        sizes, send = _chunks_sent(dragon.backend._pool)
+        try:
+            await dragon.session.submit_tasks(tasks)
+        finally:
+            dragon.backend._pool._send = send
+        assert sizes[0] > 2, sizes
+        # The worker sends what its chunk has done so far while the slow task still runs.
+        await dragon.session.wait_tasks([quick], timeout=4.0)
+        assert quick.return_value == 0
+        assert slow.state not in ("DONE", "FAILED", "CANCELED")
+        await dragon.session.wait_tasks(tasks, timeout=60.0)
+
+    dragon.run(body(), 90.0)
+    assert [t.return_value for t in tasks if t is not slow] == [i * i for i in range(16)]
+
+
 def test_own_exception_and_timeout_reach_the_future_and_the_worker_goes_on(dragon: Harness) -> None:
     failing = ComputeTask(function=workloads.fail, args=("pool says no",))
     slow = ComputeTask(function=workloads.sleep, args=(60,), timeout=1)

@@ -55,7 +55,6 @@ _ENDED = frozenset({_DONE, _FAILED, _CANCELED})
 # results DDict's keys (one round trip per shard) for results Batch has not announced yet.
 _SWEEP_INTERVAL_S = 0.05
 _LISTING_INTERVAL_S = 0.2
-_IDLE_WAIT_S = 1.0  # the monitor's wait while nothing is in flight (close waits for it to end)
 
 
 _LIVENESS_INTERVAL_S = 1.0  # how often the monitor looks for function tasks whose worker died
@@ -460,8 +459,7 @@ class DragonBackend(BaseBackend):
                 # announced tuids are ready at once, and every _LISTING_INTERVAL_S the results
                 # DDict's keys (results written and not yet taken) show the others.
                 ready = []
-                # With nothing in flight, nothing to list either: one wake-up a second, not twenty.
-                tuid = poll(_SWEEP_INTERVAL_S if registry else _IDLE_WAIT_S)
+                tuid = poll(_SWEEP_INTERVAL_S)
                 while tuid is not None:
                     ready.append(tuid)
                     tuid = poll(0)

@@ -59,6 +59,15 @@ _HOST = socket.gethostname()
 _Outgoing = tuple[int, list[Any], list[tuple[Any, ...]]]
 
 
+def _pickling_error(value: Any) -> Exception | None:
+    """What ``cloudpickle.dumps(value)`` raises, or None."""
+    try:
+        cloudpickle.dumps(value)
+    except Exception as exc:  # noqa: BLE001 - returned: the caller fails the task with it
+        return exc
+    return None
+
+
 @dataclass
 class _Chunk:
     tids: list[int]  # in the order the worker runs them
@@ -348,7 +357,8 @@ class FunctionPool:
             unpicklable: list[_Outgoing] = []
             for chunk_id, functions, entries in outgoing:
                 try:
-                    payload = pickle.dumps((len(functions), dumps(functions, pickle.HIGHEST_PROTOCOL),
+                    payload = pickle.dumps((len(functions), [entry[0] for entry in entries],
+                                            dumps(functions, pickle.HIGHEST_PROTOCOL),
                                             dumps(entries, pickle.HIGHEST_PROTOCOL)), pickle.HIGHEST_PROTOCOL)
                 except Exception:  # noqa: BLE001 - one of its tasks cannot be pickled: find which
                     unpicklable.append((chunk_id, functions, entries))
@@ -364,17 +374,20 @@ class FunctionPool:
             again: list[int] = []
             for chunk_id, functions, entries in chunks:
                 self._chunks.pop(chunk_id, None)
+                # Each function is tried once, however many tasks share it.
+                function_errors: dict[int, Exception | None] = {}
                 for entry in entries:
-                    tid = entry[0]
+                    tid, index = entry[0], entry[2]
                     self._chunk_of.pop(tid, None)
-                    try:
-                        cloudpickle.dumps((functions[entry[2]], *entry[3:]))
-                    except Exception as exc:  # noqa: BLE001 - the task fails with what pickling raised
+                    if index not in function_errors:
+                        function_errors[index] = _pickling_error(functions[index])
+                    error = function_errors[index] or _pickling_error(entry[3:])
+                    if error is not None:
                         task = self._forget(tid)
                         if task is not None:
                             task["exception"] = TypeError(
                                 f"dragon: task {task['uid']}: its function or arguments cannot be pickled "
-                                f"for a worker process: {exc!r}")
+                                f"for a worker process: {error!r}")
                             refused.append((task, _FAILED))
                         continue
                     again.append(tid)

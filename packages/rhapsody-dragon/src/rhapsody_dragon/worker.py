@@ -1,10 +1,11 @@
 """The loop a long-lived pool worker runs, inside a Dragon process (see :mod:`rhapsody_dragon.pool`).
 
 A worker takes a chunk of function tasks from the pool's task queue, runs them one after another
-and puts their results on the results queue: at the end of the chunk, and earlier once a chunk has
-run for :data:`FLUSH_AFTER_S` (a slow task does not hold back the results of the quick ones before
-it). A ``b"stop"`` item ends the loop, and so does the loss of the worker's parent (the Dragon
-runtime's local services): a runtime killed without a shutdown leaves no pool worker behind.
+and puts their results on the results queue: at the end of the chunk, and meanwhile every
+:data:`FLUSH_AFTER_S` from a thread of its own (a slow task does not hold back the results of the
+quick ones before it). A ``b"stop"`` item ends the loop, and so does the loss of the worker's
+parent (the Dragon runtime's local services), seen between tasks and while a put waits: a
+runtime killed without a shutdown leaves no pool worker behind.
 
 Before each task the worker writes ``(chunk, position, pid)`` into a small progress file of its
 slot on its own node (a store into a shared mapping of the file: no system call, no round trip). A worker that dies (``os._exit``, a signal, a
@@ -25,14 +26,15 @@ import queue
 import signal
 import socket
 import struct
-import time
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
 STOP = b"stop"
-# A chunk that has run this long sends the results it has so far.
+# While a chunk runs, the results it has so far are sent this often.
 FLUSH_AFTER_S = 0.2
 _PROGRESS = struct.Struct("qqq")  # chunk id, 1-based position of the running task (0: none yet), pid
 _IDLE = _PROGRESS.pack(0, 0, 0)
@@ -106,17 +108,74 @@ class _Runner:
         return True, dumps_result(value)
 
 
-def _cannot_load(entries: list[tuple[Any, ...]], error: Exception) -> list[tuple[int, bool, bytes]]:
-    """Failed results for ``entries``, whose one function this worker could not unpickle."""
+def _cannot_load(tids: list[int], error: Exception) -> list[tuple[int, bool, bytes]]:
+    """Failed results for the tasks ``tids``, whose one function this worker could not unpickle."""
     failure = pickle.dumps(RuntimeError(f"dragon: a pool worker could not unpickle the task's function: {error!r}"))
-    return [(entry[0], False, failure) for entry in entries]
+    return [(tid, False, failure) for tid in tids]
+
+
+class _Outbox:
+    """Sends this worker's messages, and the running chunk's results as they come.
+
+    The loop adds each result; a thread sends what has gathered every FLUSH_AFTER_S, and
+    :meth:`end` sends the rest with the chunk's final flag. A put that finds the results queue
+    full (its reader gone) waits in steps and gives up once the worker's parent is gone:
+    ``orphaned`` then says so.
+    """
+
+    def __init__(self, put: Callable[..., None], alive: Callable[[], bool]) -> None:
+        self._put = put
+        self._alive = alive
+        self._lock = threading.Lock()
+        self._chunk = 0
+        self._done: list[tuple[int, bool, bytes]] = []
+        self.orphaned = False
+        self._stopped = threading.Event()
+        threading.Thread(target=self._flush_every, name="rhapsody-dragon-flush", daemon=True).start()
+
+    def send(self, message: tuple[Any, ...]) -> bool:
+        """Put ``message``; False when it could not be, as the parent is gone."""
+        data = pickle.dumps(message)
+        while True:
+            try:
+                self._put(data, timeout=_GET_TIMEOUT_S)
+                return True
+            except queue.Full:
+                if not self._alive():
+                    self.orphaned = True
+                    return False
+
+    def begin(self, chunk_id: int) -> None:
+        with self._lock:
+            self._chunk, self._done = chunk_id, []
+
+    def add(self, result: tuple[int, bool, bytes]) -> None:
+        with self._lock:
+            self._done.append(result)
+
+    def end(self) -> bool:
+        """Send the chunk's last results, flagged final; False when the parent is gone."""
+        with self._lock:
+            chunk, done = self._chunk, self._done
+            self._chunk, self._done = 0, []
+            return self.send(("done", chunk, done, True))
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _flush_every(self) -> None:
+        while not self._stopped.wait(FLUSH_AFTER_S):
+            with self._lock:
+                if self._chunk and self._done and not self.orphaned:
+                    done, self._done = self._done, []
+                    self.send(("done", self._chunk, done, False))
 
 
 def serve(slot: int, tasks: Any, results: Any, progress_dir: str) -> None:
     """The worker loop of pool slot ``slot``: ``tasks`` and ``results`` are Dragon Queues.
 
     A chunk is its id (8 bytes, little-endian) followed by
-    ``pickle.dumps((len(functions), cloudpickle.dumps(functions), cloudpickle.dumps(entries)))``,
+    ``pickle.dumps((len(functions), tids, cloudpickle.dumps(functions), cloudpickle.dumps(entries)))``,
     each entry ``(tid, timeout, index of its function, args, kwargs)``: two cloudpickle calls per
     chunk, as cloudpickle's cost is mostly per call. Results go back pickled as
     ``("done", chunk_id, [(tid, ok, pickled value), ...], final)``, each value pickled on its
@@ -142,17 +201,17 @@ def serve(slot: int, tasks: Any, results: Any, progress_dir: str) -> None:
     progress = mmap.mmap(fd, _PROGRESS.size)
     pid = os.getpid()
     mark = functools.partial(_PROGRESS.pack_into, progress, 0)
-    put = results.put
-    dumps = pickle.dumps
-    put(dumps(("hello", slot, socket.gethostname(), pid, lost)))
     runner = _Runner()
-    monotonic = time.monotonic
     # Dragon's local services started this process. When they die without stopping it (the
     # launcher killed, say), this process is re-parented and nothing would ever stop it, while
     # Dragon's queue waits keep a CPU partly busy: it leaves instead, at its next look.
     parent = os.getppid()
     getppid = os.getppid
+    outbox = _Outbox(results.put, lambda: getppid() == parent)
+    send = outbox.send
     try:
+        if not send(("hello", slot, socket.gethostname(), pid, lost)):
+            return
         while True:
             try:
                 item = tasks.get(timeout=_GET_TIMEOUT_S)
@@ -164,37 +223,32 @@ def serve(slot: int, tasks: Any, results: Any, progress_dir: str) -> None:
                 return
             chunk_id = int.from_bytes(item[:8], "little")
             mark(chunk_id, 0, pid)
-            count, function_part, entry_part = pickle.loads(item[8:])  # plain bytes: loads anywhere
-            try:
-                entries = cloudpickle.loads(entry_part)
-            except Exception as exc:  # noqa: BLE001 - the pool resends the tasks one by one
-                put(dumps(("unloadable", chunk_id, repr(exc))))
-                mark(0, 0, 0)
-                continue
+            count, tids, function_part, entry_part = pickle.loads(item[8:])  # plain: loads anywhere
+            functions = None
             try:
                 functions = cloudpickle.loads(function_part)
+                entries = cloudpickle.loads(entry_part)
             except Exception as exc:  # noqa: BLE001 - see the docstring
-                message = ("done", chunk_id, _cannot_load(entries, exc), True) if count == 1 else \
+                one_function_missing = functions is None and count == 1
+                message = ("done", chunk_id, _cannot_load(tids, exc), True) if one_function_missing else \
                     ("unloadable", chunk_id, repr(exc))
-                put(dumps(message))
+                if not send(message):
+                    return
                 mark(0, 0, 0)
                 continue
-            done: list[tuple[int, bool, bytes]] = []
-            flush_at = monotonic() + FLUSH_AFTER_S
-            last = len(entries)
+            outbox.begin(chunk_id)
             for position, (tid, timeout, index, args, kwargs) in enumerate(entries, 1):
+                if outbox.orphaned or getppid() != parent:
+                    return
                 mark(chunk_id, position, pid)
-                ok, value = runner.run(functions[index], args, kwargs, timeout)
-                done.append((tid, ok, value))
-                if position < last and monotonic() >= flush_at:
-                    put(dumps(("done", chunk_id, done, False)))
-                    done = []
-                    flush_at = monotonic() + FLUSH_AFTER_S
+                outbox.add((tid, *runner.run(functions[index], args, kwargs, timeout)))
             # Results first, then idle: a death in between is reported for a chunk already done,
             # which the pool ignores; the other order could lose the chunk's results unseen.
-            put(dumps(("done", chunk_id, done, True)))
+            if not outbox.end():
+                return
             mark(0, 0, 0)
     finally:
+        outbox.stop()
         progress.close()
         os.close(fd)
         path.unlink(missing_ok=True)
