@@ -35,8 +35,8 @@ def _chunks_sent(pool: Any) -> tuple[list[int], Any]:
     sizes: list[int] = []
     send = pool._send
 
-    def recording(outgoing: list[tuple[int, list[Any], list[Any]]]) -> None:
-        sizes.extend(len(entries) for _, _, entries in outgoing)
+    def recording(outgoing: list[tuple[int, list[int], list[Any], list[Any]]]) -> None:
+        sizes.extend(len(tids) for _, tids, _, _ in outgoing)
         send(outgoing)
 
     pool._send = recording

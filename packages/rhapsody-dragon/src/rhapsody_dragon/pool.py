@@ -54,9 +54,9 @@ REPLACEMENT_GRACE_S = 10.0
 _HOST = socket.gethostname()
 
 
-# A chunk not yet pickled: its id, its distinct functions, and its entries, each
-# (tid, timeout, index of its function, args, kwargs).
-_Outgoing = tuple[int, list[Any], list[tuple[Any, ...]]]
+# A chunk not yet pickled: its id, its tids, its distinct functions, and the entry of each tid,
+# (timeout, index of its function, args, kwargs).
+_Outgoing = tuple[int, list[int], list[Any], list[tuple[Any, ...]]]
 
 
 def _pickling_error(value: Any) -> Exception | None:
@@ -321,9 +321,9 @@ class FunctionPool:
                 if index is None:
                     index = index_of[id(function)] = len(functions)
                     functions.append(function)
-                entries.append((tid, stored(task, "timeout"), index, stored(task, "args", ()),
+                entries.append((stored(task, "timeout"), index, stored(task, "args", ()),
                                 stored(task, "kwargs") or {}))
-            outgoing.append((chunk_id, functions, entries))
+            outgoing.append((chunk_id, tids, functions, entries))
         return outgoing
 
     def _kill_running(self, tid: int, chunk_id: int) -> bool:
@@ -355,13 +355,13 @@ class FunctionPool:
         dumps = cloudpickle.dumps
         while outgoing:
             unpicklable: list[_Outgoing] = []
-            for chunk_id, functions, entries in outgoing:
+            for chunk in outgoing:
+                chunk_id, tids, functions, entries = chunk
                 try:
-                    payload = pickle.dumps((len(functions), [entry[0] for entry in entries],
-                                            dumps(functions, pickle.HIGHEST_PROTOCOL),
+                    payload = pickle.dumps((len(functions), tids, dumps(functions, pickle.HIGHEST_PROTOCOL),
                                             dumps(entries, pickle.HIGHEST_PROTOCOL)), pickle.HIGHEST_PROTOCOL)
                 except Exception:  # noqa: BLE001 - one of its tasks cannot be pickled: find which
-                    unpicklable.append((chunk_id, functions, entries))
+                    unpicklable.append(chunk)
                     continue
                 with self._put_lock:  # the loop thread and the monitor both send
                     put(chunk_id.to_bytes(8, "little") + payload)
@@ -372,16 +372,15 @@ class FunctionPool:
         refused: list[tuple[Task, str]] = []
         with self._lock:
             again: list[int] = []
-            for chunk_id, functions, entries in chunks:
+            for chunk_id, tids, functions, entries in chunks:
                 self._chunks.pop(chunk_id, None)
                 # Each function is tried once, however many tasks share it.
                 function_errors: dict[int, Exception | None] = {}
-                for entry in entries:
-                    tid, index = entry[0], entry[2]
+                for tid, (_timeout, index, args, kwargs) in zip(tids, entries):
                     self._chunk_of.pop(tid, None)
                     if index not in function_errors:
                         function_errors[index] = _pickling_error(functions[index])
-                    error = function_errors[index] or _pickling_error(entry[3:])
+                    error = function_errors[index] or _pickling_error((args, kwargs))
                     if error is not None:
                         task = self._forget(tid)
                         if task is not None:

@@ -38,8 +38,9 @@ STOP = b"stop"
 FLUSH_AFTER_S = 0.2
 _PROGRESS = struct.Struct("qqq")  # chunk id, 1-based position of the running task (0: none yet), pid
 _IDLE = _PROGRESS.pack(0, 0, 0)
-# How long an idle worker waits on the task queue before it looks at its parent again. Each wait
-# spins for up to ~0.1 s first (Dragon's adaptive wait): 1 s cost a tenth of a core per idle worker.
+# How long an idle worker waits on the task queue before it looks again whether its parent is
+# gone. Each wait spins for up to ~0.1 s first (Dragon's adaptive wait): 1 s cost a tenth of a
+# core per idle worker.
 _GET_TIMEOUT_S = 5.0
 
 
@@ -118,14 +119,16 @@ class _Outbox:
     """Sends this worker's messages, and the running chunk's results as they come.
 
     The loop adds each result; a thread sends what has gathered every FLUSH_AFTER_S, and
-    :meth:`end` sends the rest with the chunk's final flag. A put that finds the results queue
-    full (its reader gone) waits in steps and gives up once the worker's parent is gone:
-    ``orphaned`` then says so.
+    :meth:`end` sends the rest with the chunk's final flag. The same thread watches the
+    worker's parent (Dragon's local services, which started this process): once it is gone
+    (the runtime killed without a shutdown), ``orphaned`` is set and the loop leaves at its next
+    look, between tasks or when its wait for work ends. A put that finds the results queue full
+    (its reader gone) waits in steps and gives up then too.
     """
 
-    def __init__(self, put: Callable[..., None], alive: Callable[[], bool]) -> None:
+    def __init__(self, put: Callable[..., None]) -> None:
         self._put = put
-        self._alive = alive
+        self._parent = os.getppid()
         self._lock = threading.Lock()
         self._chunk = 0
         self._done: list[tuple[int, bool, bytes]] = []
@@ -141,8 +144,7 @@ class _Outbox:
                 self._put(data, timeout=_GET_TIMEOUT_S)
                 return True
             except queue.Full:
-                if not self._alive():
-                    self.orphaned = True
+                if self._parent_gone():
                     return False
 
     def begin(self, chunk_id: int) -> None:
@@ -163,10 +165,17 @@ class _Outbox:
     def stop(self) -> None:
         self._stopped.set()
 
+    def _parent_gone(self) -> bool:
+        # Re-parented: nothing will ever stop this process, and Dragon's queue waits would keep
+        # a CPU partly busy meanwhile.
+        if os.getppid() != self._parent:
+            self.orphaned = True
+        return self.orphaned
+
     def _flush_every(self) -> None:
-        while not self._stopped.wait(FLUSH_AFTER_S):
+        while not self._stopped.wait(FLUSH_AFTER_S) and not self._parent_gone():
             with self._lock:
-                if self._chunk and self._done and not self.orphaned:
+                if self._chunk and self._done:
                     done, self._done = self._done, []
                     self.send(("done", self._chunk, done, False))
 
@@ -176,8 +185,8 @@ def serve(slot: int, tasks: Any, results: Any, progress_dir: str) -> None:
 
     A chunk is its id (8 bytes, little-endian) followed by
     ``pickle.dumps((len(functions), tids, cloudpickle.dumps(functions), cloudpickle.dumps(entries)))``,
-    each entry ``(tid, timeout, index of its function, args, kwargs)``: two cloudpickle calls per
-    chunk, as cloudpickle's cost is mostly per call. Results go back pickled as
+    the entry of each of ``tids`` being ``(timeout, index of its function, args, kwargs)``: two
+    cloudpickle calls per chunk, as cloudpickle's cost is mostly per call. Results go back pickled as
     ``("done", chunk_id, [(tid, ok, pickled value), ...], final)``, each value pickled on its
     own so that one the pool cannot unpickle fails only its task.
 
@@ -202,24 +211,17 @@ def serve(slot: int, tasks: Any, results: Any, progress_dir: str) -> None:
     pid = os.getpid()
     mark = functools.partial(_PROGRESS.pack_into, progress, 0)
     runner = _Runner()
-    # Dragon's local services started this process. When they die without stopping it (the
-    # launcher killed, say), this process is re-parented and nothing would ever stop it, while
-    # Dragon's queue waits keep a CPU partly busy: it leaves instead, at its next look.
-    parent = os.getppid()
-    getppid = os.getppid
-    outbox = _Outbox(results.put, lambda: getppid() == parent)
+    outbox = _Outbox(results.put)
     send = outbox.send
     try:
         if not send(("hello", slot, socket.gethostname(), pid, lost)):
             return
-        while True:
+        while not outbox.orphaned:
             try:
                 item = tasks.get(timeout=_GET_TIMEOUT_S)
             except queue.Empty:
-                if getppid() != parent:
-                    return
                 continue
-            if item == STOP or getppid() != parent:
+            if item == STOP:
                 return
             chunk_id = int.from_bytes(item[:8], "little")
             mark(chunk_id, 0, pid)
@@ -237,8 +239,8 @@ def serve(slot: int, tasks: Any, results: Any, progress_dir: str) -> None:
                 mark(0, 0, 0)
                 continue
             outbox.begin(chunk_id)
-            for position, (tid, timeout, index, args, kwargs) in enumerate(entries, 1):
-                if outbox.orphaned or getppid() != parent:
+            for position, (tid, (timeout, index, args, kwargs)) in enumerate(zip(tids, entries), 1):
+                if outbox.orphaned:
                     return
                 mark(chunk_id, position, pid)
                 outbox.add((tid, *runner.run(functions[index], args, kwargs, timeout)))
