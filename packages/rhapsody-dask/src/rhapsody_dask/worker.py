@@ -161,10 +161,8 @@ def run_executable(
 
 def _run_process(key: str, argv: list[str], cwd: str | None, env: dict[str, str] | None,
                  shell: bool, timeout: float | None) -> tuple[int, str, str, str | None]:
-    executable, *arguments = argv
-    command: Any = (
-        " ".join([executable, *map(shlex.quote, arguments)]) if shell else [executable, *arguments]
-    )
+    # A shell gets the program as written (it may be a snippet) and each argument quoted.
+    command: Any = " ".join([argv[0], *map(shlex.quote, argv[1:])]) if shell else argv
     process = subprocess.Popen(
         command, shell=shell, cwd=cwd, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, start_new_session=True,
