@@ -20,7 +20,6 @@ import os
 import pickle
 import queue
 import signal
-import socket
 import tempfile
 import threading
 import time
@@ -36,7 +35,7 @@ import cloudpickle
 from rhapsody import Task, WorkerLostError
 from rhapsody.builtin.worker_markers import exit_status
 
-from .worker import STOP, progress_path, read_progress, serve
+from .worker import HOST, STOP, progress_path, read_progress, serve
 
 _DONE = "DONE"
 _FAILED = "FAILED"
@@ -51,7 +50,6 @@ CHUNKS_PER_WORKER = 4
 # it leaves Dragon to start a replacement before it handles the loss itself.
 _LIVENESS_INTERVAL_S = 1.0
 REPLACEMENT_GRACE_S = 10.0
-_HOST = socket.gethostname()
 
 
 # A chunk not yet pickled: its id, its tids, its distinct functions, and the entry of each tid,
@@ -331,7 +329,7 @@ class FunctionPool:
         chunk = self._chunks[chunk_id]
         position = chunk.tids.index(tid) + 1
         for slot_id, slot in self._slots.items():
-            if slot.host != _HOST:
+            if slot.host != HOST:
                 continue
             running_chunk, running_position, pid = read_progress(progress_path(self._progress_dir, slot_id))
             if (running_chunk, running_position) == (chunk_id, position) and pid:
@@ -506,7 +504,7 @@ class FunctionPool:
         """Handle, as its replacement would, the loss of a worker on this node that Dragon has
         not replaced within REPLACEMENT_GRACE_S (its progress file is readable here)."""
         for slot_id, slot in list(self._slots.items()):
-            if slot.host != _HOST or not exit_status(slot.pid)[0]:
+            if slot.host != HOST or not exit_status(slot.pid)[0]:
                 slot.gone_since = None
                 continue
             if slot.gone_since is None:

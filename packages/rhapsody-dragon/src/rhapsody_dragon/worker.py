@@ -34,6 +34,9 @@ from typing import Any
 import cloudpickle
 
 STOP = b"stop"
+# This process's node, as a worker's hello names it and the pool compares it (its own node's
+# workers are the ones it can watch and kill).
+HOST = socket.gethostname()
 # While a chunk runs, the results it has so far are sent this often.
 FLUSH_AFTER_S = 0.2
 _PROGRESS = struct.Struct("qqq")  # chunk id, 1-based position of the running task (0: none yet), pid
@@ -214,7 +217,7 @@ def serve(slot: int, tasks: Any, results: Any, progress_dir: str) -> None:
     outbox = _Outbox(results.put)
     send = outbox.send
     try:
-        if not send(("hello", slot, socket.gethostname(), pid, lost)):
+        if not send(("hello", slot, HOST, pid, lost)):
             return
         while not outbox.orphaned:
             try:
