@@ -113,8 +113,8 @@ def tests_dragon(session: nox.Session) -> None:
     """
     install_core(session)
     session.install("dragonhpc[batch,telemetry]>=0.15.0,<0.16", "./packages/rhapsody-dragon[test]")
-    session.run("pytest", "tests/dragon/test_options.py", "tests/dragon/test_orphans.py", *session.posargs,
-                env=DRAGON_TEST_ENV)
+    session.run("pytest", "tests/dragon/test_options.py", "tests/dragon/test_orphans.py",
+                "tests/dragon/test_leftovers.py", *session.posargs, env=DRAGON_TEST_ENV)
     failed = []
     for module in DRAGON_RUNTIME_MODULES:
         # dragonhpc 0.15 fails now and then inside its own runtime on a loaded 2-core machine

@@ -31,7 +31,7 @@ from typing import Any
 from rhapsody import BaseBackend, Task, WorkerLostError
 from rhapsody.builtin.worker_markers import exit_status
 
-from . import _compat
+from . import _compat, leftovers
 from .batch_task import (
     HOST,
     BatchEntry,
@@ -187,7 +187,9 @@ class DragonBackend(BaseBackend):
         self.check_available()
         _require_dragon_runtime()
         if self._output_dir_option is None:
-            self._output_dir = Path(tempfile.mkdtemp(prefix="rhapsody-dragon-"))
+            base = Path(tempfile.gettempdir())
+            leftovers.remove_stale(base)  # what killed clients on this node left
+            self._output_dir = Path(tempfile.mkdtemp(prefix=leftovers.prefix(), dir=base))
             self._own_output_dir = True
         else:
             self._output_dir = self._output_dir_option

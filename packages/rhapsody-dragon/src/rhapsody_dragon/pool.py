@@ -35,6 +35,7 @@ import cloudpickle
 from rhapsody import Task, WorkerLostError
 from rhapsody.builtin.worker_markers import exit_status
 
+from .leftovers import prefix, remove_stale
 from .worker import HOST, STOP, progress_path, read_progress, serve
 
 _DONE = "DONE"
@@ -96,8 +97,10 @@ class FunctionPool:
         self._start_timeout = start_timeout
         shm = Path("/dev/shm")
         base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
-        # Each node's workers make this directory on their own node; the last one out removes it.
-        self._progress_dir = str(base / f"rhapsody-dragon-{uuid.uuid4().hex[:12]}")
+        # Each node's workers make this directory on their own node; the last one out removes it
+        # (and, on this node, the next pool after a client killed before its workers could).
+        remove_stale(base)
+        self._progress_dir = str(base / f"{prefix()}{uuid.uuid4().hex[:12]}")
 
         self._group: Any = None
         self._tasks_queue: Any = None
