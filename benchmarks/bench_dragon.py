@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import json
 import math
@@ -78,11 +79,15 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return 1e3 * statistics.median(ordered), 1e3 * p95
 
 
+@dataclasses.dataclass
 class Figures:
-    def __init__(self, name: str, tasks: int, walls: list[float], latencies: list[float], note: str = "") -> None:
-        self.name, self.tasks, self.walls, self.latencies, self.note = name, tasks, walls, latencies, note
-        self.work: list[list[float]] = []  # per --work-us value, the walls of its rounds
-        self.idle_latencies: list[float] = []  # one task after --idle-gap seconds of nothing
+    name: str
+    tasks: int
+    walls: list[float]
+    latencies: list[float]
+    note: str = ""
+    work: list[list[float]] = dataclasses.field(default_factory=list)  # per --work-us value, its rounds' walls
+    idle_latencies: list[float] = dataclasses.field(default_factory=list)  # after --idle-gap s of nothing
 
     @property
     def best(self) -> float:
@@ -109,36 +114,34 @@ class Figures:
 
 async def session_figures(name: str, backend: rhapsody.BaseBackend, args: argparse.Namespace) -> Figures:
     async with rhapsody.Session(backends=[backend]) as session:
-        latencies = []
-        for i in range(args.latency_samples):
-            task = rhapsody.ComputeTask(function=noop, args=(i,))
-            started = time.perf_counter()
-            await session.submit_tasks([task])
-            await task
-            latencies.append(time.perf_counter() - started)
-        idle_latencies = []
-        for i in range(args.idle_latency_samples):
-            await asyncio.sleep(args.idle_gap)
-            task = rhapsody.ComputeTask(function=noop, args=(i,))
-            started = time.perf_counter()
-            await session.submit_tasks([task])
-            await task
-            idle_latencies.append(time.perf_counter() - started)
-        walls = [await session_round(session, args.tasks, noop, ()) for _ in range(args.rounds)]
-        work = [[await session_round(session, args.work_tasks, spin, (us,)) for _ in range(args.rounds)]
-                for us in args.work_us]
-    figures = Figures(name, args.tasks, walls, latencies)
-    figures.work = work
-    figures.idle_latencies = idle_latencies
-    return figures
+        latencies = [await session_latency(session, i, 0.0) for i in range(args.latency_samples)]
+        idle_latencies = [await session_latency(session, i, args.idle_gap) for i in range(args.idle_latency_samples)]
+        walls = [await session_round(session, args.tasks, None) for _ in range(args.rounds)]
+        work = [[await session_round(session, args.work_tasks, us) for _ in range(args.rounds)] for us in args.work_us]
+    return Figures(name, args.tasks, walls, latencies, work=work, idle_latencies=idle_latencies)
 
 
-async def session_round(session: rhapsody.Session, count: int, function: Callable[..., int],
-                        extra: tuple[float, ...]) -> float:
+async def session_latency(session: rhapsody.Session, i: int, gap: float) -> float:
+    """One no-op task's round trip (submit -> resolved), after ``gap`` seconds of nothing."""
+    await asyncio.sleep(gap)
+    task = rhapsody.ComputeTask(function=noop, args=(i,))
+    started = time.perf_counter()
+    await session.submit_tasks([task])
+    await task
+    return time.perf_counter() - started
+
+
+def calls(count: int, microseconds: float | None) -> list[tuple[int, ...]]:
+    """The arguments of ``count`` no-op calls (``microseconds=None``) or spins of that long."""
+    return [(i,) if microseconds is None else (i, microseconds) for i in range(count)]
+
+
+async def session_round(session: rhapsody.Session, count: int, microseconds: float | None) -> float:
     """One round: ``count`` tasks built, submitted and waited for; returns its wall time (the
     tasks are built inside it, as a program builds them)."""
+    function = noop if microseconds is None else spin
     started = time.perf_counter()
-    tasks = [rhapsody.ComputeTask(function=function, args=(i, *extra)) for i in range(count)]
+    tasks = [rhapsody.ComputeTask(function=function, args=args) for args in calls(count, microseconds)]
     await session.submit_tasks(tasks)
     await session.wait_tasks(tasks)
     wall = time.perf_counter() - started
@@ -165,34 +168,30 @@ def raw_pool_figures(args: argparse.Namespace, cores: int) -> Figures:
     pool = Pool(processes=cores)
     try:
         pool.apply_async(noop, (0,)).get(timeout=120)  # the workers are up
-        latencies = []
-        for i in range(args.latency_samples):
-            started = time.perf_counter()
-            pool.apply_async(noop, (i,)).get(timeout=60)
-            latencies.append(time.perf_counter() - started)
-        idle_latencies = []
-        for i in range(args.idle_latency_samples):
-            time.sleep(args.idle_gap)
-            started = time.perf_counter()
-            pool.apply_async(noop, (i,)).get(timeout=60)
-            idle_latencies.append(time.perf_counter() - started)
-        walls = [raw_round(pool, cores, args.tasks, noop, ()) for _ in range(args.rounds)]
-        work = [[raw_round(pool, cores, args.work_tasks, spin, (us,)) for _ in range(args.rounds)]
-                for us in args.work_us]
+        latencies = [raw_latency(pool, i, 0.0) for i in range(args.latency_samples)]
+        idle_latencies = [raw_latency(pool, i, args.idle_gap) for i in range(args.idle_latency_samples)]
+        walls = [raw_round(pool, cores, args.tasks, None) for _ in range(args.rounds)]
+        work = [[raw_round(pool, cores, args.work_tasks, us) for _ in range(args.rounds)] for us in args.work_us]
     finally:
         pool.close()
         pool.join()
-    figures = Figures(f"raw dragon.native.Pool({cores}).map_async", args.tasks, walls, latencies)
-    figures.work = work
-    figures.idle_latencies = idle_latencies
-    return figures
+    return Figures(f"raw dragon.native.Pool({cores}).map_async", args.tasks, walls, latencies, work=work,
+                   idle_latencies=idle_latencies)
 
 
-def raw_round(pool: Any, cores: int, count: int, function: Callable[..., int], extra: tuple[float, ...]) -> float:
+def raw_latency(pool: Any, i: int, gap: float) -> float:
+    """One no-op ``apply_async`` round trip on the raw pool, after ``gap`` seconds of nothing."""
+    time.sleep(gap)
+    started = time.perf_counter()
+    pool.apply_async(noop, (i,)).get(timeout=60)
+    return time.perf_counter() - started
+
+
+def raw_round(pool: Any, cores: int, count: int, microseconds: float | None) -> float:
     """One ``map_async`` round, cut as rhapsody-dragon cuts a burst of ``count`` tasks: in
     ``4 * cores`` chunks, at most CHUNK tasks each (10K no-op tasks: 1024, as before)."""
     started = time.perf_counter()
-    call = functools.partial(function, microseconds=extra[0]) if extra else function
+    call = noop if microseconds is None else functools.partial(spin, microseconds=microseconds)
     chunk = min(CHUNK, math.ceil(count / (4 * cores)))
     results = pool.map_async(call, range(count), chunksize=chunk).get(timeout=600)
     wall = time.perf_counter() - started
@@ -243,11 +242,7 @@ def raw_apply_figures(args: argparse.Namespace, cores: int) -> Figures:
     pool = Pool(processes=cores)
     try:
         pool.apply_async(noop, (0,)).get(timeout=120)  # the workers are up
-        latencies = []
-        for i in range(min(args.latency_samples, 50)):
-            started = time.perf_counter()
-            pool.apply_async(noop, (i,)).get(timeout=60)
-            latencies.append(time.perf_counter() - started)
+        latencies = [raw_latency(pool, i, 0.0) for i in range(min(args.latency_samples, 50))]
         started = time.perf_counter()
         handles = [pool.apply_async(noop, (i,)) for i in range(count)]
         results = [handle.get(timeout=600) for handle in handles]
@@ -295,9 +290,8 @@ def process_pool_figures(args: argparse.Namespace, cores: int) -> Figures:
     if done.returncode != 0:
         raise RuntimeError(f"the process pool child failed ({done.returncode}):\n{done.stderr}")
     walls, latencies, idle_latencies = json.loads(done.stdout.strip().splitlines()[-1])
-    figures = Figures(f"concurrent + ProcessPoolExecutor({cores})", args.tasks, walls, latencies)
-    figures.idle_latencies = idle_latencies
-    return figures
+    return Figures(f"concurrent + ProcessPoolExecutor({cores})", args.tasks, walls, latencies,
+                   idle_latencies=idle_latencies)
 
 
 def process_pool_child(args: argparse.Namespace) -> int:
@@ -314,24 +308,42 @@ def timed(label: str, run: Callable[[], Figures]) -> Figures:
     return figures
 
 
+def counting(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, at least ``least``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+    return parse
+
+
+def non_negative(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--latency-samples", type=int, default=200)
-    parser.add_argument("--batch-tasks", type=int, default=200,
+    count, more, seconds = counting(1), counting(0), non_negative
+    parser.add_argument("--tasks", type=count, default=10_000)
+    parser.add_argument("--rounds", type=count, default=3)
+    parser.add_argument("--latency-samples", type=count, default=200)
+    parser.add_argument("--batch-tasks", type=count, default=200,
                         help="tasks for raw Batch (default 200: it runs a few tasks/s on 2 cores)")
-    parser.add_argument("--apply-tasks", type=int, default=2000,
+    parser.add_argument("--apply-tasks", type=count, default=2000,
                         help="tasks for the raw per-task apply_async baseline (a few ms each)")
-    parser.add_argument("--batch-latency-samples", type=int, default=10)
-    parser.add_argument("--idle-latency-samples", type=int, default=20,
+    parser.add_argument("--batch-latency-samples", type=count, default=10)
+    parser.add_argument("--idle-latency-samples", type=more, default=20,
                         help="one-task latency samples taken after an idle gap each (default 20)")
-    parser.add_argument("--idle-gap", type=float, default=0.5,
+    parser.add_argument("--idle-gap", type=seconds, default=0.5,
                         help="seconds of nothing before each of those samples (default 0.5)")
-    parser.add_argument("--work-us", type=float, nargs="*", default=[100.0, 1000.0],
+    parser.add_argument("--work-us", type=seconds, nargs="*", default=[100.0, 1000.0],
                         help="short tasks that spin this many microseconds each (default: 100 and 1000)")
-    parser.add_argument("--work-tasks", type=int, default=4000, help="tasks per --work-us round (default 4000)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--work-tasks", type=count, default=4000, help="tasks per --work-us round (default 4000)")
+    parser.add_argument("--workers", type=count, default=os.cpu_count() or 1,
                         help="pool workers on each side (default: the CPUs, as ProcessPoolExecutor)")
     parser.add_argument("--process-pool-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
