@@ -32,7 +32,7 @@ def remove_stale(base: Path) -> list[Path]:
     left alone; so is anything that cannot be read or removed.
     """
     host = socket.gethostname()
-    removed = []
+    removed: list[Path] = []
     try:
         candidates = list(base.glob(f"{_STEM}*"))
     except OSError:
