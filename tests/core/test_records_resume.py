@@ -53,7 +53,10 @@ def kill_when(process: subprocess.Popen[str], journal: pathlib.Path, at_least: i
         assert time.monotonic() < deadline, "the run journaled too few tasks in 120 s"
         time.sleep(0.02)
     # The programs it started run in sessions of their own and outlive it: wait for them too, so
-    # that they are not counted as the next run's.
+    # that they are not counted as the next run's. Stopped first, the run starts no program
+    # between the look at its children and the kill (one started then was counted as the next
+    # run's, and the test failed now and then).
+    process.send_signal(signal.SIGSTOP)
     programs = psutil.Process(process.pid).children(recursive=True)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
