@@ -7,6 +7,7 @@ Each backend session installs its engine from the package registry into its own 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 
 import nox
 
@@ -21,6 +22,28 @@ def install_core(session: nox.Session) -> None:
     session.install("--upgrade", "pip")
     # otel: the OpenTelemetry test of rhapsody.records, and mypy's view of its import.
     session.install(f"{CORE}[test,otel]")
+
+
+def run_modules_retrying_once(session: nox.Session, modules: Sequence[str], *, engine: str,
+                              run: Callable[..., object], retry_args: tuple[str, ...] = ()) -> None:
+    """Run each test module with `run(module)`; a module that fails is run once more.
+
+    For engines that fail now and then inside themselves on a loaded machine (see the callers).
+    The first failure stays in the log, marked RETRY; a module that fails twice fails the session.
+    """
+    failed = []
+    for module in modules:
+        try:
+            run(module)
+        except nox.command.CommandFailed:
+            session.warn(f"RETRY: {module} failed inside {engine}; running it once more")
+            time.sleep(10)  # let the failed run's engine processes finish exiting first
+            try:
+                run(module, *retry_args)
+            except nox.command.CommandFailed:
+                failed.append(module)
+    if failed:
+        session.error(f"{engine} test modules failed twice: {failed}")
 
 
 @nox.session(name="tests-core")
@@ -115,26 +138,13 @@ def tests_dragon(session: nox.Session) -> None:
     session.install("dragonhpc[batch,telemetry]>=0.15.0,<0.16", "./packages/rhapsody-dragon[test]")
     session.run("pytest", "tests/dragon/test_options.py", "tests/dragon/test_orphans.py",
                 "tests/dragon/test_leftovers.py", *session.posargs, env=DRAGON_TEST_ENV)
-    failed = []
-    for module in DRAGON_RUNTIME_MODULES:
-        # dragonhpc 0.15 fails now and then inside its own runtime on a loaded 2-core machine
-        # (e.g. "ProcessGroup manager is not in state State.DEAD"); a module that fails is run
-        # once more in a fresh runtime, and the first failure stays in the log, marked below.
-        for attempt in (1, 2):
-            try:
-                session.run("python", "tests/dragon/dragon_run.py", DRAGON_MODULE_TIMEOUT_S,
-                            f"{session.bin}/pytest", "-p", "no:cacheprovider", module,
-                            *session.posargs, env=DRAGON_TEST_ENV)
-                break
-            except nox.command.CommandFailed:
-                if attempt == 2:
-                    failed.append(module)
-                else:
-                    session.warn(f"RETRY: {module} failed in its Dragon runtime; running it once "
-                                 "more in a fresh runtime")
-                    time.sleep(10)  # let the killed runtime's processes finish exiting first
-    if failed:
-        session.error(f"Dragon test modules failed twice: {failed}")
+    # dragonhpc 0.15 fails now and then inside its own runtime on a loaded 2-core machine
+    # (e.g. "ProcessGroup manager is not in state State.DEAD").
+    run_modules_retrying_once(
+        session, DRAGON_RUNTIME_MODULES, engine="Dragon",
+        run=lambda module, *extra: session.run(
+            "python", "tests/dragon/dragon_run.py", DRAGON_MODULE_TIMEOUT_S, f"{session.bin}/pytest",
+            "-p", "no:cacheprovider", module, *extra, *session.posargs, env=DRAGON_TEST_ENV))
 
 
 @nox.session(name="tests-radical")
@@ -156,5 +166,11 @@ def tests_radical(session: nox.Session) -> None:
     # threads) for the life of the process, and a process that had made several sessions
     # aborted (SIGABRT) while creating the next one. Each module makes only a few sessions.
     modules = sorted(str(p) for p in Path("tests/radical").glob("test_*.py"))
-    for module in modules:
-        session.run("pytest", module, *session.posargs, env={"RHAPSODY_LOAD_PLUGINS": "radical"})
+    # RP 1.103 on a loaded 2-core machine now and then loses a pilot's state messages: in one CI
+    # run the agent had started, yet the client saw the pilot in PMGR_LAUNCHING_PENDING until the
+    # backend's 300 s start-up timeout. The retry runs only the tests that failed (--last-failed).
+    run_modules_retrying_once(
+        session, modules, engine="RADICAL-Pilot",
+        run=lambda module, *extra: session.run(
+            "pytest", module, *extra, *session.posargs, env={"RHAPSODY_LOAD_PLUGINS": "radical"}),
+        retry_args=("--last-failed",))
